@@ -1,0 +1,72 @@
+"""structlog set-up: readable console lines for a person, JSON lines with `--log-json`.
+
+Every event passes through `redact_secrets`, so an API key or token that lands in an event
+by mistake is logged as `***` rather than in clear.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
+SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|authorization)", re.I)
+# Bearer tokens and evolora keys inside free text, e.g. an error message that quotes a header.
+SECRET_VALUE_PATTERN = re.compile(r"(Bearer\s+)\S+|\bevk_[A-Za-z0-9_\-]{8,}")
+MASK = "***"
+
+
+def _mask_text(text: str) -> str:
+    return SECRET_VALUE_PATTERN.sub(lambda m: (m.group(1) or "") + MASK, text)
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if key and SECRET_KEY_PATTERN.search(key) and value not in (None, ""):
+        return MASK
+    if isinstance(value, str):
+        return _mask_text(value)
+    if isinstance(value, Mapping):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact(v) for v in value)
+    return value
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask values under secret-looking keys and tokens inside text."""
+    return {key: _redact(value, key) for key, value in event_dict.items()}
+
+
+def configure_logging(json_output: bool = False, level: str = "INFO") -> None:
+    """Route structlog (and the stdlib loggers of the stack) to stderr in one format."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_output
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
+    for noisy in ("httpx", "urllib3", "alembic", "mlflow", "transformers", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A named structlog logger."""
+    return structlog.get_logger(name)

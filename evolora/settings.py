@@ -1,0 +1,307 @@
+"""The one settings object: a YAML file from `configs/`, overridden by EVOLORA_* variables.
+
+`load_settings("tiny")` reads `configs/tiny.yaml`; `EVOLORA_TRAIN__RANK=16` overrides
+`train.rank` (double underscore between levels). A bad config raises `ConfigError`, whose
+message lists every problem at once, each with its key and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from evolora.paths import DEFAULT_DATA_DIR, DEFAULT_MLRUNS_DIR, resolve_config_path
+
+ENV_PREFIX = "EVOLORA_"
+DEFAULT_CONFIG_NAME = "default"
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class PathsSettings(Section):
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Prepared models, datasets, adapters.")
+    mlruns_dir: Path = Field(DEFAULT_MLRUNS_DIR, description="Local MLflow store folder.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///<mlruns_dir>/mlflow.db."
+    )
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.mlruns_dir.resolve() / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.mlruns_dir.resolve() / "artifacts"
+
+
+class ModelSettings(Section):
+    base: str = Field(
+        "smollm2-135m",
+        min_length=1,
+        description="A packaged model name (smollm2-135m, gemma3-270m), a local HF folder, "
+        "or a hub id (needs HF_HUB_OFFLINE=0).",
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    max_new_tokens: int = Field(128, gt=0, le=8192)
+
+
+class TeacherBackend(Section):
+    kind: Literal["embedded", "ollama", "openai"]
+    url: str | None = Field(None, description="Server URL; the embedded backend picks its own.")
+    models: list[str] = Field(default_factory=list, description="Tried in order (fallback).")
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(1, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _remote_backends_need_a_url(self) -> TeacherBackend:
+        if self.kind in ("ollama", "openai") and not self.url:
+            raise ValueError(f"a {self.kind} teacher needs `url` (e.g. http://127.0.0.1:11434)")
+        if self.kind in ("ollama", "openai") and not self.models:
+            raise ValueError(f"a {self.kind} teacher needs at least one entry in `models`")
+        return self
+
+
+class TeacherSettings(Section):
+    enabled: bool = True
+    backends: list[TeacherBackend] = Field(
+        default_factory=lambda: [TeacherBackend(kind="embedded")]
+    )
+    temperature: float = Field(0.7, ge=0, le=2)
+
+
+class DataSettings(Section):
+    skills: list[str] = Field(
+        default_factory=lambda: [
+            "arithmetic",
+            "units",
+            "dates",
+            "percent",
+            "compound",
+            "memory",
+        ],
+        min_length=1,
+    )
+    train_per_skill: int = Field(60, gt=0)
+    eval_per_skill: int = Field(10, ge=0)
+    test_per_skill: int = Field(10, gt=0)
+    hard_fraction: float = Field(0.5, ge=0, le=1)
+    seed: int = 0
+    test_seed: int = 1234
+    paraphrase_fraction: float = Field(0.3, ge=0, le=1)
+
+
+class TrainSettings(Section):
+    rank: int = Field(16, gt=0, le=512)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        min_length=1,
+    )
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_steps: int = Field(60, gt=0)
+    batch_size: int | None = Field(None, gt=0, description="None: chosen from the memory budget.")
+    grad_accum: int | None = Field(None, gt=0)
+    max_length: int = Field(320, ge=32)
+    quantization: Literal["auto", "none", "nf4", "int8"] = Field(
+        "auto", description="auto: NF4 QLoRA on CUDA, plain LoRA on CPU."
+    )
+    vram_budget_gb: float = Field(4.0, gt=0, description="GPU memory the training may use.")
+    gradient_checkpointing: bool | None = Field(None, description="None: from the budget.")
+    seed: int = 0
+    logging_steps: int = Field(5, gt=0)
+
+
+class EvolutionSettings(Section):
+    population_size: int = Field(4, ge=2)
+    generations: int = Field(2, ge=0)
+    elite: int = Field(1, ge=1)
+    children_per_generation: int = Field(2, ge=1)
+    combination_types: list[
+        Literal["linear", "cat", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune"]
+    ] = Field(default_factory=lambda: ["linear", "cat", "ties", "dare_ties"], min_length=1)
+    mutation_std: float = Field(0.01, ge=0)
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint for the breeding agents; None: embedded."
+    )
+    llm_model: str = "smollm2"
+    llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = Field(60.0, gt=0)
+    promotion_margin: float = Field(0.0, ge=0, le=1)
+    regression_tolerance: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _elite_fits_population(self) -> EvolutionSettings:
+        if self.elite > self.population_size:
+            raise ValueError(
+                f"elite ({self.elite}) cannot exceed population_size ({self.population_size})"
+            )
+        return self
+
+
+class ServingSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    auth_enabled: bool = True
+    poll_interval_s: float = Field(30.0, gt=0)
+    rate_limit_per_minute: int = Field(120, gt=0)
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    max_prompt_chars: int = Field(8_000, gt=0)
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data.")
+
+    @model_validator(mode="after")
+    def _no_open_service_without_auth(self) -> ServingSettings:
+        loopback = self.host in {"127.0.0.1", "localhost", "::1"}
+        if not self.auth_enabled and not loopback:
+            raise ValueError(
+                f"auth_enabled is false but host is {self.host!r}: without auth the service "
+                "binds to loopback only; set host to 127.0.0.1 or enable auth"
+            )
+        return self
+
+
+class MemorySettings(Section):
+    chroma_path: Path | None = Field(None, description="Embedded store; default in data_dir.")
+    chroma_url: str | None = Field(None, description="Use a Chroma server (HttpClient) instead.")
+    max_per_user: int = Field(1000, gt=0)
+    top_k: int = Field(4, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything evolora reads: one YAML file's sections, overridden by EVOLORA_* variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    name: str = Field("default", description="The config's name, recorded with every run.")
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    teacher: TeacherSettings = Field(default_factory=TeacherSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    evolution: EvolutionSettings = Field(default_factory=EvolutionSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able data, secrets masked: saved beside every artifact."""
+        return self.model_dump(mode="json")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message lists every problem with its fix."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"{len(problems)} problem(s) in config {source}:\n{lines}")
+
+
+def load_settings(config: str | Path | None = None) -> Settings:
+    """Return the settings of a config name or path (default: $EVOLORA_CONFIG or `default`)."""
+    config = config or os.environ.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_NAME
+    path = resolve_config_path(config)
+    if not path.is_file():
+        raise ConfigError(
+            str(path), ["file not found; pass a name from configs/ or a path to a YAML file"]
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), ["the top level must be a mapping of sections"])
+    raw.setdefault("name", path.stem)
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(str(path), describe_validation_errors(exc)) from None
+
+
+def describe_validation_errors(exc: ValidationError) -> list[str]:
+    """One line per pydantic error: the dotted key, what is wrong, and the fix."""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        got = "" if error["type"] in _NO_INPUT_ECHO else f" (got {error.get('input')!r})"
+        problems.append(f"{key}: {error['msg']}{got}{_fix_hint(error)}")
+    return problems
+
+
+# Errors whose input is the whole section (model validators) or absent: not worth echoing.
+_NO_INPUT_ECHO = {"extra_forbidden", "missing", "value_error"}
+
+
+def _fix_hint(error: Any) -> str:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "extra_forbidden":
+        siblings = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), siblings, n=1)
+        if close:
+            return f" (fix: did you mean `{close[0]}`?)"
+        return f" (fix: remove it; known keys here: {', '.join(sorted(siblings))})"
+    if kind == "missing":
+        return " (fix: add this key)"
+    if kind == "value_error":
+        return ""  # our validators' messages already say what to change
+    env_name = ENV_PREFIX + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
+    return f" (fix: change it in the YAML or set {env_name})"
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        inner = getattr(annotation, "__args__", (annotation,))
+        nested = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
