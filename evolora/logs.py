@@ -14,14 +14,32 @@ from typing import Any
 
 import structlog
 
-SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|authorization)", re.I)
-# Bearer tokens and evolora keys inside free text, e.g. an error message that quotes a header.
-SECRET_VALUE_PATTERN = re.compile(r"(Bearer\s+)\S+|\bevk_[A-Za-z0-9_\-]{8,}")
+# A key whose value is a secret: `api_key`, `llm_api_key`, `hf_token`, `Authorization`...
+# Matched on the key's last `_`/`-` separated word(s), so `max_new_tokens` or `token_count`
+# stay readable.
+SECRET_KEY_PATTERN = re.compile(
+    r"(?:^|[_\-])(?:(?:api|secret|private|access)[_\-]?keys?|token|secrets?|passwords?"
+    r"|passwd|authorization)$",
+    re.I,
+)
+# Secrets inside free text, e.g. an error message that quotes a header or a config line:
+# `Bearer <token>`, `Authorization: <value>`, `api_key=<value>`, and evolora keys `evk_...`.
+SECRET_VALUE_PATTERN = re.compile(
+    r"(Bearer\s+)[A-Za-z0-9._~+/=\-]+"
+    r"|(authorization[\"']?\s*[=:]\s*[\"']?(?:[A-Za-z]+\s+)?)[^\s\"',;}]+"
+    r"|((?<![A-Za-z0-9])(?:api[_\-]?key|token|secret|password|passwd)[\"']?\s*[=:]\s*[\"']?)"
+    r"[^\s\"',;&}]+"
+    r"|\bevk_[A-Za-z0-9_\-]{8,}",
+    re.I,
+)
 MASK = "***"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _mask_text(text: str) -> str:
-    return SECRET_VALUE_PATTERN.sub(lambda m: (m.group(1) or "") + MASK, text)
+    return SECRET_VALUE_PATTERN.sub(
+        lambda m: (m.group(1) or m.group(2) or m.group(3) or "") + MASK, text
+    )
 
 
 def _redact(value: Any, key: str = "") -> Any:
@@ -45,26 +63,36 @@ def redact_secrets(
 
 def configure_logging(json_output: bool = False, level: str = "INFO") -> None:
     """Route structlog (and the stdlib loggers of the stack) to stderr in one format."""
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_secrets,
-    ]
+    if level.upper() not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_output
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # Tracebacks are rendered to text first so that redaction covers them too.
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
     for noisy in ("httpx", "urllib3", "alembic", "mlflow", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # Looked up per call rather than bound once: whoever replaced sys.stderr since
+    # (pytest's capture, Click's CliRunner) gets the lines, and a closed stream is never used.
+    return structlog.PrintLogger(file=sys.stderr)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -8,10 +8,12 @@ time; a crash halfway leaves no folder (we build in a temporary sibling and rena
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.metadata
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -25,6 +27,7 @@ log = get_logger(__name__)
 
 MANIFEST_NAME = "evolora-model.json"
 WEIGHTS_NAME = "model.safetensors"
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ def prepare_model(name: str, models_dir: Path, dtype: str = "bfloat16") -> Prepa
     if name not in PACKAGED_MODELS:
         known = ", ".join(PACKAGED_MODELS)
         raise ModelError(f"unknown packaged model {name!r}; known: {known}")
+    if dtype not in DTYPES:
+        raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     packaged = PACKAGED_MODELS[name]
     gguf_path = packaged.gguf_path()
     target = models_dir / name
@@ -168,6 +173,7 @@ def prepare_model(name: str, models_dir: Path, dtype: str = "bfloat16") -> Prepa
             "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        _make_readable(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -179,6 +185,17 @@ def prepare_model(name: str, models_dir: Path, dtype: str = "bfloat16") -> Prepa
     return _prepared_from_manifest(target, manifest)
 
 
+def _make_readable(folder: Path) -> None:
+    # mkdtemp (and the safetensors writer) create owner-only modes; a prepared model is
+    # read by other processes and users (the server, a container), so apply the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for child in folder.iterdir():
+        if child.is_file():
+            child.chmod(0o666 & ~umask)
+
+
 def _is_current(target: Path, manifest: dict[str, Any], fingerprint: dict[str, Any],
                 dtype: str) -> bool:
     source = manifest.get("source", {})
@@ -188,7 +205,7 @@ def _is_current(target: Path, manifest: dict[str, Any], fingerprint: dict[str, A
 
 def _convert_gguf(gguf_path: Path, out_dir: Path, dtype: str) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, filename = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
@@ -196,14 +213,16 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, dtype: str) -> None:
                                                   dtype=torch.float32)
     # transformers refuses to save a GGUF-loaded model; a fresh model from the same config
     # (without the GGUF quantisation marker) takes its dequantised weights and saves fine.
-    config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    # The loaded model's config is that config already: parsing the GGUF again costs ~6 s.
+    config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     torch_dtype = getattr(torch, dtype)
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
-    # A tied lm_head is legitimately absent from the GGUF tensors.
-    real_missing = [k for k in missing if k != "lm_head.weight"]
+    # A tied lm_head is legitimately absent from the GGUF tensors; an untied one is not.
+    tied = getattr(config, "tie_word_embeddings", False)
+    real_missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if real_missing or unexpected:
         raise ModelError(
             f"converted weights do not match the architecture: missing={real_missing[:5]} "
@@ -219,7 +238,9 @@ def list_models(models_dir: Path) -> list[PreparedModel]:
         return []
     found = []
     for child in sorted(models_dir.iterdir()):
-        manifest = read_manifest(child) if child.is_dir() else None
+        # Hidden folders are prepare_model's staging folders: not (yet) models.
+        usable = child.is_dir() and not child.name.startswith(".")
+        manifest = read_manifest(child) if usable else None
         if manifest:
             found.append(_prepared_from_manifest(child, manifest))
     return found

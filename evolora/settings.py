@@ -14,9 +14,14 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
-from evolora.paths import DEFAULT_DATA_DIR, DEFAULT_MLRUNS_DIR, resolve_config_path
+from evolora.paths import CONFIGS_DIR, DEFAULT_DATA_DIR, DEFAULT_MLRUNS_DIR, resolve_config_path
 
 ENV_PREFIX = "EVOLORA_"
 DEFAULT_CONFIG_NAME = "default"
@@ -94,7 +99,7 @@ class DataSettings(Section):
             "dates",
             "percent",
             "compound",
-            "memory",
+            "currency",
         ],
         min_length=1,
     )
@@ -160,7 +165,8 @@ class EvolutionSettings(Section):
     def _elite_fits_population(self) -> EvolutionSettings:
         if self.elite > self.population_size:
             raise ValueError(
-                f"elite ({self.elite}) cannot exceed population_size ({self.population_size})"
+                f"elite ({self.elite}) cannot exceed population_size ({self.population_size}); "
+                "lower evolution.elite or raise evolution.population_size"
             )
         return self
 
@@ -245,8 +251,10 @@ def load_settings(config: str | Path | None = None) -> Settings:
     config = config or os.environ.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_NAME
     path = resolve_config_path(config)
     if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
         raise ConfigError(
-            str(path), ["file not found; pass a name from configs/ or a path to a YAML file"]
+            str(path),
+            [f"file not found; pass a name from configs/ ({names}) or a path to a YAML file"],
         )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -259,6 +267,21 @@ def load_settings(config: str | Path | None = None) -> Settings:
         return Settings(**raw)
     except ValidationError as exc:
         raise ConfigError(str(path), describe_validation_errors(exc)) from None
+    except SettingsError as exc:
+        # An EVOLORA_* variable that pydantic-settings cannot even parse (a list not in JSON).
+        raise ConfigError(str(path), [_describe_env_error(exc)]) from None
+
+
+def _describe_env_error(exc: SettingsError) -> str:
+    cause = f": {exc.__cause__}" if exc.__cause__ else ""
+    section = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+    prefix = f"{ENV_PREFIX}{section.upper()}"
+    names = sorted(n for n in os.environ if n.upper().startswith(prefix)) if section else []
+    where = f" (set: {', '.join(names)})" if names else ""
+    return (
+        f"{exc}{cause}{where} (fix: lists and mappings in {ENV_PREFIX}* variables are JSON, "
+        f"e.g. {ENV_PREFIX}TRAIN__TARGET_MODULES='[\"q_proj\", \"v_proj\"]')"
+    )
 
 
 def describe_validation_errors(exc: ValidationError) -> list[str]:
@@ -266,9 +289,17 @@ def describe_validation_errors(exc: ValidationError) -> list[str]:
     problems = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        got = "" if error["type"] in _NO_INPUT_ECHO else f" (got {error.get('input')!r})"
-        problems.append(f"{key}: {error['msg']}{got}{_fix_hint(error)}")
+        # A secret's bad value is still a secret: never echo it into a terminal or a log.
+        secret = _is_secret_key(error["loc"])
+        echo = error["type"] not in _NO_INPUT_ECHO
+        got = " (got ***)" if echo and secret else f" (got {error.get('input')!r})" if echo else ""
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{key}: {message}{got}{_fix_hint(error)}")
     return problems
+
+
+def _is_secret_key(loc: tuple[Any, ...]) -> bool:
+    return any(isinstance(p, str) and p.endswith(("api_key", "password", "token")) for p in loc)
 
 
 # Errors whose input is the whole section (model validators) or absent: not worth echoing.
@@ -288,7 +319,10 @@ def _fix_hint(error: Any) -> str:
         return " (fix: add this key)"
     if kind == "value_error":
         return ""  # our validators' messages already say what to change
-    env_name = ENV_PREFIX + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
+    if any(isinstance(p, int) for p in loc):
+        # An item of a list: a variable can only replace the whole list (as JSON).
+        return " (fix: change it in the YAML)"
+    env_name = ENV_PREFIX + "__".join(str(p).upper() for p in loc)
     return f" (fix: change it in the YAML or set {env_name})"
 
 

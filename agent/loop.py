@@ -1,0 +1,100 @@
+"""The ReAct loop, batched: many questions advance one step at a time, side by side.
+
+Each round generates, for every unfinished question, the model's next Thought/Action (or
+Final Answer), stops at the Observation marker, runs the tool for real and appends the
+observation. A run ends at a Final Answer, at malformed output, or after `max_steps`
+tool calls; all three are recorded, none raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from agent.react_format import STOP_SEQUENCE, build_messages, parse_step, render_observation
+from agent.tools import Tool, run_tool
+
+
+class TextGenerator(Protocol):
+    """What the loop needs of a model: `agent.runtime.ModelRuntime` is the real one."""
+
+    def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+        ...
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 96,
+                 stop: list[str] | None = None) -> list[str]:
+        ...
+
+
+@dataclass
+class AgentStep:
+    """One tool call the agent made and what the tool answered."""
+
+    thought: str
+    tool: str
+    argument: str
+    observation: str
+
+
+@dataclass
+class AgentRun:
+    """What the agent did for one question."""
+
+    question: str
+    steps: list[AgentStep] = field(default_factory=list)
+    final_answer: str | None = None
+    error: str | None = None
+    transcript: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.final_answer is not None or self.error is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_agent_batch(
+    runtime: TextGenerator,
+    questions: list[str],
+    tools: dict[str, Tool],
+    *,
+    max_steps: int = 4,
+    max_new_tokens: int = 96,
+    batch_size: int = 16,
+) -> list[AgentRun]:
+    """Run the ReAct agent on every question; returns one AgentRun per question, in order."""
+    runs = [AgentRun(question) for question in questions]
+    prompts = [runtime.chat_prompt(build_messages(q)) for q in questions]
+    for round_index in range(max_steps + 1):
+        pending = [i for i, run in enumerate(runs) if not run.finished]
+        if not pending:
+            break
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start:start + batch_size]
+            replies = runtime.generate([prompts[i] + runs[i].transcript for i in chunk],
+                                       max_new_tokens=max_new_tokens, stop=[STOP_SEQUENCE])
+            for i, reply in zip(chunk, replies, strict=True):
+                _advance(runs[i], reply, tools, last_round=round_index == max_steps)
+    return runs
+
+
+def _advance(run: AgentRun, reply: str, tools: dict[str, Tool], last_round: bool) -> None:
+    step = parse_step(reply)
+    if step.final_answer is not None and step.action is None:
+        run.transcript += reply
+        run.final_answer = step.final_answer.strip()
+        return
+    if step.action is None:
+        run.transcript += reply
+        run.error = f"malformed step: {step.error or 'no Action or Final Answer'}"
+        return
+    if last_round:
+        run.transcript += reply
+        run.error = "step limit reached without a Final Answer"
+        return
+    observation = run_tool(tools, step.action.tool, step.action.argument)
+    run.steps.append(AgentStep(step.thought, step.action.tool, step.action.argument,
+                               observation))
+    # Keep the model's text up to its Action Input line, then the real observation.
+    run.transcript += reply.rstrip("\n") + "\n" + render_observation(observation)

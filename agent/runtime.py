@@ -1,0 +1,154 @@
+"""The model runtime the tasks and the service share: a base model, named LoRA adapters on it,
+and batched text generation that stops where the ReAct format says a tool must run.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from evolora.logs import get_logger
+
+log = get_logger(__name__)
+
+BASE_ADAPTER = "base"
+
+
+class AdapterError(RuntimeError):
+    """An adapter that cannot be attached or selected; the message says why."""
+
+
+def pick_device() -> str:
+    """`cuda` where a GPU is usable, else `cpu`."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, left-padded for batched generation."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_base_model(model_path: str, dtype: str = "bfloat16", device: str | None = None) -> Any:
+    """The base causal LM in eval mode on `device` (default: CUDA if present)."""
+    device = device or pick_device()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    return model.to(device).eval()
+
+
+@dataclass
+class ModelRuntime:
+    """A base model with any number of named adapters, one of them active at a time.
+
+    PEFT keeps every attached adapter in the module tree; switching is a pointer change,
+    so an adapter swap costs microseconds once the weights are loaded. `lock` serialises
+    generation and switching: callers that generate hold it for a whole request.
+    """
+
+    model: Any
+    tokenizer: PreTrainedTokenizerBase
+    model_path: str
+    active: str = BASE_ADAPTER
+    adapters: dict[str, str] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @classmethod
+    def load(cls, model_path: str, dtype: str = "bfloat16", device: str | None = None
+             ) -> ModelRuntime:
+        """Load the base model and tokenizer from a folder (or hub id when online)."""
+        return cls(load_base_model(model_path, dtype, device), load_tokenizer(model_path),
+                   model_path)
+
+    def attach(self, name: str, adapter_dir: str | Path) -> None:
+        """Load a PEFT adapter folder under `name` (replacing one of the same name)."""
+        from peft import PeftModel
+
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise AdapterError(f"{adapter_dir} is not a PEFT adapter folder "
+                               "(no adapter_config.json)")
+        if name == BASE_ADAPTER:
+            raise AdapterError(f"{BASE_ADAPTER!r} names the bare base model; pick another name")
+        with self.lock:
+            if name in self.adapters:
+                self.detach(name)
+            if not self.adapters and not hasattr(self.model, "peft_config"):
+                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir),
+                                                       adapter_name=name, is_trainable=False)
+            else:
+                self.model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
+            self.model.eval()
+            self.adapters[name] = str(adapter_dir)
+            log.info("adapter.attached", name=name, path=str(adapter_dir))
+
+    def use(self, name: str) -> None:
+        """Make `name` the active adapter (`base` for the bare base model)."""
+        with self.lock:
+            if name != BASE_ADAPTER and name not in self.adapters:
+                raise AdapterError(f"no adapter named {name!r}; attached: "
+                                   f"{', '.join(self.adapters) or 'none'}")
+            if name != BASE_ADAPTER:
+                self.model.set_adapter(name)
+            self.active = name
+
+    def detach(self, name: str) -> None:
+        """Unload an adapter's weights; the base model becomes active if it was."""
+        with self.lock:
+            if name not in self.adapters:
+                raise AdapterError(f"no adapter named {name!r}")
+            self.model.delete_adapter(name)
+            del self.adapters[name]
+            if self.active == name:
+                self.active = BASE_ADAPTER
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 96,
+                 stop: list[str] | None = None, temperature: float = 0.0,
+                 top_p: float = 1.0) -> list[str]:
+        """Continue each prompt (batched, left-padded); each reply is cut at its first stop."""
+        with self.lock, torch.inference_mode():
+            batch = self.tokenizer(prompts, return_tensors="pt", padding=True,
+                                   add_special_tokens=False).to(self.model.device)
+            sampling = temperature > 0
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "do_sample": sampling,
+                "pad_token_id": self.tokenizer.pad_token_id,
+            }
+            if sampling:
+                kwargs.update(temperature=temperature, top_p=top_p)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            if stop:
+                kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+            if self.active == BASE_ADAPTER and self.adapters:
+                with self.model.disable_adapter():
+                    output = self.model.generate(**batch, **kwargs)
+            else:
+                output = self.model.generate(**batch, **kwargs)
+            new_tokens = output[:, batch["input_ids"].shape[1]:]
+            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [cut_at_stop(text, stop or []) for text in texts]
+
+    def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+        """The model's chat template for `messages`, opened for an assistant reply."""
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                    add_generation_prompt=True)
+        return prompt + assistant_prefix
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """`text` up to (not including) the earliest stop sequence in it."""
+    cut = len(text)
+    for sequence in stop:
+        index = text.find(sequence)
+        if index != -1:
+            cut = min(cut, index)
+    return text[:cut]

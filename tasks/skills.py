@@ -1,0 +1,765 @@
+"""Skill generators: question templates and the program that plans and answers each problem.
+
+A skill has, per level ("easy": one tool call, "hard": two chained calls), a TRAIN pool and
+a disjoint TEST pool of question wordings, so the frozen test set asks in words the model
+never trained on. A template's recipe draws numbers from a seeded `random.Random` and
+computes every step's expected observation itself; `tasks.data` renders the trace and checks
+it against the real tools.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Literal
+
+from agent.react_format import format_number
+from agent.tools import CURRENCY_RATES, WEEKDAYS, convert_value, exchange_value
+
+Level = Literal["easy", "hard"]
+Pool = Literal["train", "test"]
+LEVELS: tuple[Level, ...] = ("easy", "hard")
+FINAL_THOUGHT = "I have the answer."
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """One tool call of a plan, with the observation the generator expects from it."""
+
+    thought: str
+    tool: str
+    argument: str
+    observation: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A drawn problem: the values for the template's slots and the plan that solves it."""
+
+    slots: dict[str, str]
+    calls: tuple[PlannedCall, ...]
+
+    @property
+    def answer(self) -> str:
+        """The final answer as the trace states it: the last observation."""
+        return self.calls[-1].observation
+
+
+Recipe = Callable[[random.Random], Problem]
+
+
+@dataclass(frozen=True)
+class Template:
+    text: str
+    recipe: Recipe
+
+
+@dataclass(frozen=True)
+class Skill:
+    name: str
+    description: str
+    templates: dict[tuple[Pool, Level], tuple[Template, ...]]
+
+
+def _n(value: float | int) -> str:
+    return format_number(value)
+
+
+def _num(text: str) -> float | int:
+    # Read a printed observation back exactly as the calculator's parser would.
+    return float(text) if "." in text else int(text)
+
+
+def _calc(thought: str, expression: str, value: float | int) -> PlannedCall:
+    return PlannedCall(thought, "calculator", expression, _n(value))
+
+
+# ---------------------------------------------------------------------------- arithmetic
+
+
+def _arith_easy(op: str) -> Recipe:
+    def recipe(rng: random.Random) -> Problem:
+        if op == "+":
+            a, b = rng.randint(10, 999), rng.randint(10, 999)
+            value: float | int = a + b
+        elif op == "-":
+            a = rng.randint(100, 999)
+            b = rng.randint(1, a - 1)
+            value = a - b
+        elif op == "*":
+            a, b = rng.randint(2, 99), rng.randint(2, 99)
+            value = a * b
+        else:
+            b = rng.randint(2, 25)
+            a = b * rng.randint(2, 60) if rng.random() < 0.5 else rng.randint(10, 999)
+            value = a / b
+        expression = f"{a} {op} {b}"
+        call = _calc(f"Compute {expression}.", expression, value)
+        return Problem({"a": str(a), "b": str(b)}, (call,))
+
+    return recipe
+
+
+def _sum_then_multiply(rng: random.Random) -> Problem:
+    a, b, c = rng.randint(10, 200), rng.randint(10, 200), rng.randint(2, 12)
+    total = a + b
+    return Problem(
+        {"a": str(a), "b": str(b), "c": str(c)},
+        (
+            _calc(f"First add {a} and {b}.", f"{a} + {b}", total),
+            _calc(f"Now multiply by {c}.", f"{total} * {c}", total * c),
+        ),
+    )
+
+
+def _subtract_then_divide(rng: random.Random) -> Problem:
+    a = rng.randint(100, 999)
+    b, c = rng.randint(1, a - 1), rng.randint(2, 9)
+    rest = a - b
+    return Problem(
+        {"a": str(a), "b": str(b), "c": str(c)},
+        (
+            _calc(f"First subtract {b} from {a}.", f"{a} - {b}", rest),
+            _calc(f"Now divide by {c}.", f"{rest} / {c}", rest / c),
+        ),
+    )
+
+
+def _average_of_three(rng: random.Random) -> Problem:
+    a, b, c = (rng.randint(1, 300) for _ in range(3))
+    total = a + b + c
+    return Problem(
+        {"a": str(a), "b": str(b), "c": str(c)},
+        (
+            _calc("First add the three numbers.", f"{a} + {b} + {c}", total),
+            _calc("Now divide the sum by 3.", f"{total} / 3", total / 3),
+        ),
+    )
+
+
+def _groups_minus(rng: random.Random) -> Problem:
+    n, a = rng.randint(2, 30), rng.randint(2, 50)
+    b = rng.randint(1, n * a - 1)
+    total = n * a
+    return Problem(
+        {"n": str(n), "a": str(a), "b": str(b)},
+        (
+            _calc(f"First multiply {n} by {a}.", f"{n} * {a}", total),
+            _calc(f"Now subtract {b}.", f"{total} - {b}", total - b),
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- percent
+
+_PERCENTS = (5, 10, 12.5, 15, 20, 25, 30, 35, 40, 45, 50, 60, 75, 80, 8, 3, 2.5, 18, 65)
+
+
+def _percent_of(rng: random.Random) -> Problem:
+    p, x = rng.choice(_PERCENTS), rng.randint(2, 400) * 5
+    expression = f"{_n(p)} * {x} / 100"
+    return Problem(
+        {"p": _n(p), "x": str(x)},
+        (_calc(f"{_n(p)}% of {x} is {_n(p)} * {x} / 100.", expression, p * x / 100),),
+    )
+
+
+def _percent_change(rng: random.Random) -> Problem:
+    x = rng.randint(20, 500)
+    y = rng.choice([v for v in range(10, 1000) if v != x])
+    return Problem(
+        {"x": str(x), "y": str(y)},
+        (
+            _calc(
+                "Change divided by the start, times 100.",
+                f"({y} - {x}) / {x} * 100",
+                (y - x) / x * 100,
+            ),
+        ),
+    )
+
+
+def _percent_ratio(rng: random.Random) -> Problem:
+    b = rng.randint(20, 800)
+    a = rng.randint(1, b)
+    return Problem(
+        {"a": str(a), "b": str(b)},
+        (_calc(f"Divide {a} by {b} and multiply by 100.", f"{a} / {b} * 100", a / b * 100),),
+    )
+
+
+def _discount_then_tax(rng: random.Random) -> Problem:
+    price, p, t = rng.randint(10, 500), rng.choice(_PERCENTS[:12]), rng.randint(3, 20)
+    reduced = _n(price * (1 - p / 100))
+    return Problem(
+        {"price": str(price), "p": _n(p), "t": str(t)},
+        (
+            _calc(
+                f"First take {_n(p)}% off.", f"{price} * (1 - {_n(p)} / 100)", price * (1 - p / 100)
+            ),
+            _calc(
+                f"Now add {t}% tax.", f"{reduced} * (1 + {t} / 100)", _num(reduced) * (1 + t / 100)
+            ),
+        ),
+    )
+
+
+def _two_increases(rng: random.Random) -> Problem:
+    x, p, q = rng.randint(50, 2000), rng.randint(2, 30), rng.randint(2, 30)
+    first = _n(x * (1 + p / 100))
+    return Problem(
+        {"x": str(x), "p": str(p), "q": str(q)},
+        (
+            _calc(f"First increase {x} by {p}%.", f"{x} * (1 + {p} / 100)", x * (1 + p / 100)),
+            _calc(
+                f"Now increase that by {q}%.",
+                f"{first} * (1 + {q} / 100)",
+                _num(first) * (1 + q / 100),
+            ),
+        ),
+    )
+
+
+def _percent_plus(rng: random.Random) -> Problem:
+    p, x, y = rng.choice(_PERCENTS), rng.randint(2, 400) * 5, rng.randint(1, 500)
+    part = _n(p * x / 100)
+    return Problem(
+        {"p": _n(p), "x": str(x), "y": str(y)},
+        (
+            _calc(f"First find {_n(p)}% of {x}.", f"{_n(p)} * {x} / 100", p * x / 100),
+            _calc(f"Now add {y}.", f"{part} + {y}", _num(part) + y),
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- compound
+
+
+def _grow(rng: random.Random, sign: str) -> tuple[dict[str, str], PlannedCall]:
+    principal, rate, years = rng.randint(2, 200) * 50, rng.randint(1, 12), rng.randint(2, 10)
+    factor = 1 + rate / 100 if sign == "+" else 1 - rate / 100
+    expression = f"{principal} * (1 {sign} {rate} / 100) ** {years}"
+    call = _calc("Apply the yearly rate for each year.", expression, principal * factor**years)
+    return {"P": str(principal), "r": str(rate), "n": str(years)}, call
+
+
+def _compound_growth(rng: random.Random) -> Problem:
+    slots, call = _grow(rng, "+")
+    return Problem(slots, (call,))
+
+
+def _compound_decay(rng: random.Random) -> Problem:
+    slots, call = _grow(rng, "-")
+    return Problem(slots, (call,))
+
+
+def _interest_earned(rng: random.Random) -> Problem:
+    slots, call = _grow(rng, "+")
+    balance = call.observation
+    return Problem(
+        slots,
+        (
+            call,
+            _calc(
+                "Subtract the starting amount.",
+                f"{balance} - {slots['P']}",
+                _num(balance) - int(slots["P"]),
+            ),
+        ),
+    )
+
+
+def _balance_abroad(rng: random.Random) -> Problem:
+    slots, call = _grow(rng, "+")
+    target = rng.choice(["EUR", "GBP", "CHF", "CAD"])
+    value = exchange_value(_num(call.observation), "USD", target)
+    exchange = PlannedCall(
+        f"Convert to {target}.",
+        "currency",
+        f"{call.observation} USD to {target}",
+        f"{_n(value)} {target}",
+    )
+    return Problem({**slots, "cur": target}, (call, exchange))
+
+
+# ---------------------------------------------------------------------------- units
+
+_UNIT_WORDS = {
+    "mm": "millimeters",
+    "cm": "centimeters",
+    "m": "meters",
+    "km": "kilometers",
+    "in": "inches",
+    "ft": "feet",
+    "yd": "yards",
+    "mi": "miles",
+    "g": "grams",
+    "kg": "kilograms",
+    "oz": "ounces",
+    "lb": "pounds",
+    "ml": "milliliters",
+    "l": "liters",
+    "cup": "cups",
+    "gal": "gallons",
+    "min": "minutes",
+    "h": "hours",
+    "day": "days",
+    "week": "weeks",
+    "C": "degrees Celsius",
+    "F": "degrees Fahrenheit",
+}
+_SINGULAR = {"inches": "inch", "feet": "foot", "days": "day", "weeks": "week", "hours": "hour"}
+_DIMENSIONS = {
+    "length": ("cm", "m", "km", "in", "ft", "yd", "mi"),
+    "mass": ("g", "kg", "oz", "lb"),
+    "volume": ("ml", "l", "cup", "gal"),
+    "time": ("min", "h", "day", "week"),
+    "temperature": ("C", "F"),
+}
+
+
+def _singular(word: str) -> str:
+    return _SINGULAR.get(word, word[:-1] if word.endswith("s") else word)
+
+
+def _unit_pair(rng: random.Random, dimensions: tuple[str, ...]) -> tuple[str, str]:
+    return tuple(rng.sample(_DIMENSIONS[rng.choice(dimensions)], 2))  # type: ignore[return-value]
+
+
+def _convert_call(value: float | int, source: str, target: str, thought: str) -> PlannedCall:
+    result = _n(convert_value(float(value), source, target))
+    argument = f"{_n(value)} {source} to {target}"
+    return PlannedCall(thought, "convert", argument, f"{result} {target}")
+
+
+def _convert_units(rng: random.Random) -> Problem:
+    source, target = _unit_pair(rng, tuple(_DIMENSIONS))
+    if source in ("C", "F"):
+        value: float = rng.randint(-30, 110)
+    else:
+        value = rng.randint(1, 400) / rng.choice([1, 2])
+    call = _convert_call(value, source, target, f"Convert {source} to {target}.")
+    return Problem(
+        {"value": _n(value), "src": _UNIT_WORDS[source], "dst": _UNIT_WORDS[target]}, (call,)
+    )
+
+
+# Goods sold by each dimension, so a question never prices rope by the cup.
+_GOODS = {
+    "length": ("rope", "cloth", "cable", "ribbon"),
+    "mass": ("flour", "cheese", "coffee beans", "rice"),
+    "volume": ("juice", "olive oil", "paint", "milk"),
+}
+
+
+def _price_per_unit(rng: random.Random) -> Problem:
+    dimension = rng.choice(tuple(_GOODS))
+    priced, asked = rng.sample(_DIMENSIONS[dimension], 2)
+    item = rng.choice(_GOODS[dimension])
+    price, quantity = rng.randint(1, 40) / rng.choice([1, 2]), rng.randint(2, 60)
+    call = _convert_call(quantity, asked, priced, f"Convert {asked} to {priced} first.")
+    amount = call.observation.split()[0]
+    return Problem(
+        {
+            "item": item,
+            "price": _n(price),
+            "per": _singular(_UNIT_WORDS[priced]),
+            "q": str(quantity),
+            "units": _UNIT_WORDS[asked],
+        },
+        (
+            call,
+            _calc(
+                f"Multiply by the price {_n(price)}.",
+                f"{amount} * {_n(price)}",
+                _num(amount) * price,
+            ),
+        ),
+    )
+
+
+def _total_then_convert(rng: random.Random) -> Problem:
+    source, target = _unit_pair(rng, ("length", "mass", "volume", "time"))
+    count, each = rng.randint(2, 20), rng.randint(1, 90)
+    total = count * each
+    return Problem(
+        {"k": str(count), "v": str(each), "src": _UNIT_WORDS[source], "dst": _UNIT_WORDS[target]},
+        (
+            _calc(f"First multiply {count} by {each}.", f"{count} * {each}", total),
+            _convert_call(total, source, target, f"Convert {source} to {target}."),
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- dates
+
+
+def _random_date(rng: random.Random) -> date:
+    return date(2018, 1, 1) + timedelta(days=rng.randrange(0, 4000))
+
+
+def _show(rng: random.Random, day: date) -> str:
+    # Half the questions write dates in words: the model learns to pass ISO to the tool.
+    return day.isoformat() if rng.random() < 0.5 else f"{day:%B} {day.day}, {day.year}"
+
+
+def _date_shift(sign: str) -> Recipe:
+    def recipe(rng: random.Random) -> Problem:
+        start, days = _random_date(rng), rng.randint(2, 400)
+        end = start + timedelta(days=days if sign == "+" else -days)
+        call = PlannedCall(
+            f"Shift the date by {days} days.",
+            "date",
+            f"{start.isoformat()} {sign} {days} days",
+            end.isoformat(),
+        )
+        return Problem({"d": _show(rng, start), "n": str(days)}, (call,))
+
+    return recipe
+
+
+def _between_call(rng: random.Random) -> tuple[dict[str, str], PlannedCall, int]:
+    first = _random_date(rng)
+    days = rng.randint(1, 60) if rng.random() < 0.5 else rng.randint(61, 500)
+    second = first + timedelta(days=days)
+    call = PlannedCall(
+        "Count the days between the dates.",
+        "date",
+        f"days between {first.isoformat()} and {second.isoformat()}",
+        str(days),
+    )
+    return {"d1": _show(rng, first), "d2": _show(rng, second)}, call, days
+
+
+def _days_between(rng: random.Random) -> Problem:
+    slots, call, _ = _between_call(rng)
+    return Problem(slots, (call,))
+
+
+def _weekday_call(day: date) -> PlannedCall:
+    return PlannedCall(
+        "Find the weekday.", "date", f"weekday {day.isoformat()}", WEEKDAYS[day.weekday()]
+    )
+
+
+def _weekday(rng: random.Random) -> Problem:
+    day = _random_date(rng)
+    return Problem({"d": _show(rng, day)}, (_weekday_call(day),))
+
+
+def _daily_cost(rng: random.Random) -> Problem:
+    slots, call, days = _between_call(rng)
+    rate = rng.randint(15, 300)
+    return Problem(
+        {**slots, "rate": str(rate)},
+        (call, _calc(f"Multiply {days} days by {rate}.", f"{days} * {rate}", days * rate)),
+    )
+
+
+def _weekday_after(rng: random.Random) -> Problem:
+    start, days = _random_date(rng), rng.randint(2, 400)
+    end = start + timedelta(days=days)
+    shift = PlannedCall(
+        f"First add {days} days.", "date", f"{start.isoformat()} + {days} days", end.isoformat()
+    )
+    return Problem({"d": _show(rng, start), "n": str(days)}, (shift, _weekday_call(end)))
+
+
+# ---------------------------------------------------------------------------- currency
+
+_CURRENCY_WORDS = {
+    "USD": "US dollars",
+    "EUR": "euros",
+    "GBP": "British pounds",
+    "JPY": "yen",
+    "CHF": "Swiss francs",
+    "CAD": "Canadian dollars",
+    "AUD": "Australian dollars",
+    "INR": "Indian rupees",
+}
+
+
+def _currency_pair(rng: random.Random) -> tuple[str, str, str, str]:
+    source, target = rng.sample(sorted(CURRENCY_RATES), 2)
+    # Codes or words in the question; the tool call always uses codes.
+    shown = [code if rng.random() < 0.5 else _CURRENCY_WORDS[code] for code in (source, target)]
+    return source, target, shown[0], shown[1]
+
+
+def _exchange_call(amount: float | int, source: str, target: str, thought: str) -> PlannedCall:
+    value = exchange_value(float(amount), source, target)
+    return PlannedCall(
+        thought, "currency", f"{_n(amount)} {source} to {target}", f"{_n(value)} {target}"
+    )
+
+
+def _exchange(rng: random.Random) -> Problem:
+    source, target, shown_source, shown_target = _currency_pair(rng)
+    amount = rng.randint(1, 2000) / rng.choice([1, 1, 4])
+    call = _exchange_call(amount, source, target, f"Convert {source} to {target}.")
+    return Problem({"x": _n(amount), "A": shown_source, "B": shown_target}, (call,))
+
+
+def _items_abroad(rng: random.Random) -> Problem:
+    source, target, shown_source, shown_target = _currency_pair(rng)
+    count, price = rng.randint(2, 12), rng.randint(2, 400) / rng.choice([1, 2])
+    total = count * price
+    return Problem(
+        {"k": str(count), "x": _n(price), "A": shown_source, "B": shown_target},
+        (
+            _calc(f"First multiply {count} by {_n(price)}.", f"{count} * {_n(price)}", total),
+            _exchange_call(_num(_n(total)), source, target, f"Convert {source} to {target}."),
+        ),
+    )
+
+
+def _exchange_with_fee(rng: random.Random) -> Problem:
+    source, target, shown_source, shown_target = _currency_pair(rng)
+    amount, fee = rng.randint(10, 2000), rng.choice([1, 1.5, 2, 2.5, 3, 4, 5])
+    call = _exchange_call(amount, source, target, f"First convert {source} to {target}.")
+    converted = call.observation.split()[0]
+    return Problem(
+        {"x": str(amount), "A": shown_source, "B": shown_target, "p": _n(fee)},
+        (
+            call,
+            _calc(
+                f"Now add the {_n(fee)}% fee.",
+                f"{converted} * (1 + {_n(fee)} / 100)",
+                _num(converted) * (1 + fee / 100),
+            ),
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- the skills
+
+
+_add, _sub, _mul, _div = (_arith_easy(op) for op in "+-*/")
+_after, _before = _date_shift("+"), _date_shift("-")
+
+# skill -> (wording pool, level) -> [(question template, recipe)]. Test wordings never appear
+# in the train pool: the frozen test set measures whether the model generalizes past them.
+TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
+    "arithmetic": {
+        ("train", "easy"): [
+            ("What is {a} plus {b}?", _add),
+            ("Add {a} and {b}.", _add),
+            ("What is {a} minus {b}?", _sub),
+            ("Subtract {b} from {a}.", _sub),
+            ("What is {a} times {b}?", _mul),
+            ("Multiply {a} by {b}.", _mul),
+            ("What is {a} divided by {b}?", _div),
+            ("Divide {a} by {b}.", _div),
+        ],
+        ("test", "easy"): [
+            ("Find the sum of {a} and {b}.", _add),
+            ("How much is {a} take away {b}?", _sub),
+            ("Compute the product of {a} and {b}.", _mul),
+            ("If {a} is shared equally among {b} people, how much does each get?", _div),
+        ],
+        ("train", "hard"): [
+            ("Add {a} and {b}, then multiply the result by {c}.", _sum_then_multiply),
+            ("Take {a}, subtract {b}, and divide what is left by {c}.", _subtract_then_divide),
+            ("What is the average of {a}, {b} and {c}?", _average_of_three),
+            (
+                "There are {n} boxes with {a} apples each. {b} apples are eaten. How "
+                "many apples are left?",
+                _groups_minus,
+            ),
+        ],
+        ("test", "hard"): [
+            (
+                "Sum {a} with {b} and multiply that total by {c}. What do you get?",
+                _sum_then_multiply,
+            ),
+            ("Find the mean of the numbers {a}, {b} and {c}.", _average_of_three),
+            (
+                "A shelf has {n} rows of {a} books and {b} books are sold. How many remain?",
+                _groups_minus,
+            ),
+        ],
+    },
+    "percent": {
+        ("train", "easy"): [
+            ("What is {p}% of {x}?", _percent_of),
+            ("Calculate {p} percent of {x}.", _percent_of),
+            ("What is the percent change from {x} to {y}?", _percent_change),
+            ("{a} is what percent of {b}?", _percent_ratio),
+        ],
+        ("test", "easy"): [
+            ("How much is {p} percent of {x}?", _percent_of),
+            ("By what percentage does a value move going from {x} to {y}?", _percent_change),
+            ("What percentage of {b} is {a}?", _percent_ratio),
+        ],
+        ("train", "hard"): [
+            (
+                "A ${price} item is {p}% off, then {t}% tax is added. What is the final price?",
+                _discount_then_tax,
+            ),
+            (
+                "A price of {x} rises by {p}% and then by another {q}%. What is it now?",
+                _two_increases,
+            ),
+            ("Take {p}% of {x} and add {y}.", _percent_plus),
+        ],
+        ("test", "hard"): [
+            (
+                "After a {p}% discount and {t}% sales tax, what does a ${price} coat cost?",
+                _discount_then_tax,
+            ),
+            (
+                "Rent of {x} goes up {p}% one year and {q}% the next. What is the rent now?",
+                _two_increases,
+            ),
+            ("What number do you get by adding {y} to {p} percent of {x}?", _percent_plus),
+        ],
+    },
+    "compound": {
+        ("train", "easy"): [
+            (
+                "${P} is invested at {r}% a year, compounded yearly. What is the "
+                "balance after {n} years?",
+                _compound_growth,
+            ),
+            (
+                "A town of {P} people grows {r}% per year. What is its size after {n} years?",
+                _compound_growth,
+            ),
+            (
+                "A ${P} car loses {r}% of its value every year. What is it worth after {n} years?",
+                _compound_decay,
+            ),
+        ],
+        ("test", "easy"): [
+            (
+                "What will ${P} become in {n} years at {r}% interest compounded once a year?",
+                _compound_growth,
+            ),
+            (
+                "A machine bought for ${P} depreciates {r}% annually. Find its value in {n} years.",
+                _compound_decay,
+            ),
+        ],
+        ("train", "hard"): [
+            (
+                "How much interest does ${P} earn in {n} years at {r}% compounded annually?",
+                _interest_earned,
+            ),
+            (
+                "{P} USD earns {r}% a year, compounded yearly. What is it in {cur} "
+                "after {n} years?",
+                _balance_abroad,
+            ),
+        ],
+        ("test", "hard"): [
+            (
+                "What is the gain on ${P} left for {n} years at {r}% yearly compound interest?",
+                _interest_earned,
+            ),
+            (
+                "Savings of {P} USD grow {r}% per year for {n} years. Give the final "
+                "amount in {cur}.",
+                _balance_abroad,
+            ),
+        ],
+    },
+    "units": {
+        ("train", "easy"): [
+            ("Convert {value} {src} to {dst}.", _convert_units),
+            ("How many {dst} are in {value} {src}?", _convert_units),
+            ("{value} {src} is how many {dst}?", _convert_units),
+        ],
+        ("test", "easy"): [
+            ("Express {value} {src} in {dst}.", _convert_units),
+            ("What is {value} {src} when measured in {dst}?", _convert_units),
+        ],
+        ("train", "hard"): [
+            (
+                "The price of {item} is ${price} per {per}. How much do {q} {units} cost?",
+                _price_per_unit,
+            ),
+            (
+                "Add up {k} amounts of {v} {src} each. How many {dst} is the total?",
+                _total_then_convert,
+            ),
+        ],
+        ("test", "hard"): [
+            (
+                "At ${price} for each {per} of {item}, what do {q} {units} cost?",
+                _price_per_unit,
+            ),
+            (
+                "What is {k} lots of {v} {src}, expressed in {dst}?",
+                _total_then_convert,
+            ),
+        ],
+    },
+    "dates": {
+        ("train", "easy"): [
+            ("What date is {n} days after {d}?", _after),
+            ("Add {n} days to {d}.", _after),
+            ("What was the date {n} days before {d}?", _before),
+            ("How many days are there between {d1} and {d2}?", _days_between),
+            ("What day of the week is {d}?", _weekday),
+        ],
+        ("test", "easy"): [
+            ("Which date comes {n} days later than {d}?", _after),
+            ("Count the days from {d1} to {d2}.", _days_between),
+            ("On which weekday does {d} fall?", _weekday),
+        ],
+        ("train", "hard"): [
+            (
+                "A hotel room costs ${rate} per night. What is the bill for a stay "
+                "from {d1} to {d2}?",
+                _daily_cost,
+            ),
+            ("What weekday is it {n} days after {d}?", _weekday_after),
+        ],
+        ("test", "hard"): [
+            ("Renting a bike is ${rate} a day. How much for the period {d1} to {d2}?", _daily_cost),
+            ("Starting on {d}, which day of the week will it be {n} days later?", _weekday_after),
+        ],
+    },
+    "currency": {
+        ("train", "easy"): [
+            ("Convert {x} {A} to {B}.", _exchange),
+            ("How many {B} is {x} {A}?", _exchange),
+            ("What is {x} {A} in {B}?", _exchange),
+        ],
+        ("test", "easy"): [
+            ("Exchange {x} {A} into {B}. How much do you get?", _exchange),
+            ("{x} {A} equals how many {B}?", _exchange),
+        ],
+        ("train", "hard"): [
+            ("{k} tickets cost {x} {A} each. What is the total in {B}?", _items_abroad),
+            ("Convert {x} {A} to {B} and add a {p}% fee. How much in {B}?", _exchange_with_fee),
+        ],
+        ("test", "hard"): [
+            ("You buy {k} items priced at {x} {A} apiece. How much is that in {B}?", _items_abroad),
+            (
+                "Changing {x} {A} into {B} costs a {p}% commission on top. What do you pay in {B}?",
+                _exchange_with_fee,
+            ),
+        ],
+    },
+}
+
+_DESCRIPTIONS = {
+    "arithmetic": "one or two calculator steps",
+    "percent": "percentages, changes, discounts and tax",
+    "compound": "compound interest, growth and decay",
+    "units": "unit conversions, alone or with a price or a total",
+    "dates": "date shifts, day counts, weekdays, daily rates",
+    "currency": "money at fixed exchange rates",
+}
+
+SKILLS: dict[str, Skill] = {
+    name: Skill(
+        name,
+        _DESCRIPTIONS[name],
+        {key: tuple(Template(*pair) for pair in pairs) for key, pairs in pools.items()},
+    )
+    for name, pools in TEMPLATES.items()
+}
