@@ -27,7 +27,8 @@ data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
 app.add_typer(data_app, name="data")
 
 console = Console()
-err_console = Console(stderr=True)
+# Errors are printed verbatim (no markup) and unwrapped, so paths and fixes stay whole.
+err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 ConfigOption = Annotated[
     str | None,
@@ -53,14 +54,17 @@ def main(
 ) -> None:
     """evolora: make a small local model better at your work, every night."""
     state.log_json, state.log_level = log_json, log_level.upper()
-    configure_logging(json_output=log_json, level=state.log_level)
+    try:
+        configure_logging(json_output=log_json, level=state.log_level)
+    except ValueError as exc:
+        raise fail(str(exc), "use --log-level DEBUG, INFO, WARNING or ERROR") from None
 
 
 def fail(message: str, fix: str = "") -> typer.Exit:
     """Print a one-line cause (and fix) on stderr; return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"error: {message}", style="bold red")
     if fix:
-        err_console.print(f"[bold]fix:[/] {fix}", highlight=False)
+        err_console.print(f"fix: {fix}")
     return typer.Exit(code=2)
 
 
@@ -69,7 +73,7 @@ def settings_or_exit(config: str | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"error: {exc}")
         raise typer.Exit(code=2) from None
 
 

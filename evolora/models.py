@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -187,13 +186,11 @@ def prepare_model(name: str, models_dir: Path, dtype: str = "bfloat16") -> Prepa
 
 def _make_readable(folder: Path) -> None:
     # mkdtemp (and the safetensors writer) create owner-only modes; a prepared model is
-    # read by other processes and users (the server, a container), so apply the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
+    # read by other processes and users (the server, a container).
+    folder.chmod(0o755)
     for child in folder.iterdir():
         if child.is_file():
-            child.chmod(0o666 & ~umask)
+            child.chmod(0o644)
 
 
 def _is_current(target: Path, manifest: dict[str, Any], fingerprint: dict[str, Any],
@@ -213,7 +210,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, dtype: str) -> None:
                                                   dtype=torch.float32)
     # transformers refuses to save a GGUF-loaded model; a fresh model from the same config
     # (without the GGUF quantisation marker) takes its dequantised weights and saves fine.
-    # The loaded model's config is that config already: parsing the GGUF again costs ~6 s.
+    # The loaded model's config is that config already; parsing the GGUF again takes seconds.
     config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config

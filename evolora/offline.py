@@ -17,6 +17,8 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    # MLflow resets its logger level on import; this keeps its table-creation chatter out.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
 
 

@@ -47,7 +47,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tiny_settings(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def tiny_settings(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
     """configs/tiny.yaml pointed at the tiny model, with data and MLflow under tmp_path."""
     for name in list(os.environ):
         if name.startswith("EVOLORA_"):

@@ -175,16 +175,12 @@ def test_models_prepare_local_folder_is_a_no_op(tmp_path: Path) -> None:
     assert not (Path(os.environ["EVOLORA_PATHS__DATA_DIR"]) / "models").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="CLI bug (reported): --log-level is not validated, "
-                   "an unknown level ends in a traceback instead of exit 2")
 def test_unknown_log_level_exits_2_without_traceback() -> None:
     result = runner.invoke(app, ["--log-level", "loud", "config", "-c", "tiny"])
     assert result.exit_code == 2
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-@pytest.mark.xfail(strict=True, reason="CLI bug (reported): error text is printed as rich "
-                   "markup, so `[...]` in a config value or message disappears")
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  dtype: '[bold]half'\n")

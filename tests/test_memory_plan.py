@@ -51,7 +51,7 @@ def test_checkpointing_lowers_the_estimate() -> None:
 
 def test_run_that_cannot_fit_is_refused_before_it_starts() -> None:
     train = TrainSettings(max_length=4096, vram_budget_gb=1.0, quantization="none")
-    with pytest.raises(DoesNotFit, match="train.max_length") as info:
+    with pytest.raises(DoesNotFit, match=r"train\.max_length") as info:
         plan_training(train, QWEN_1_5B, "cuda")
     assert "1.0 GiB budget" in str(info.value)
 
