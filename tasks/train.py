@@ -87,9 +87,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_for_training(model_path: str, plan: TrainPlan, train: TrainSettings) -> Any:
-    """The base model, quantised per the plan, wrapped in a trainable LoRA."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def load_for_training(model_path: str, plan: TrainPlan, train: TrainSettings,
+                      init_adapter: Path | None = None) -> Any:
+    """The base model, quantised per the plan, wrapped in a trainable LoRA.
+
+    With `init_adapter`, training continues from that adapter's weights (and its rank and
+    targets) instead of a fresh LoRA: the "continued training" mutation.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if plan.mixed_precision == "bf16"
@@ -106,6 +111,8 @@ def load_for_training(model_path: str, plan: TrainPlan, train: TrainSettings) ->
     if plan.quantization != "none":
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=plan.gradient_checkpointing)
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
     lora = LoraConfig(r=train.rank, lora_alpha=train.alpha, lora_dropout=train.dropout,
                       target_modules=list(train.target_modules), task_type="CAUSAL_LM")
     # PEFT keeps the LoRA weights in fp32 (autocast_adapter_dtype) over a 16-bit base.
@@ -124,8 +131,14 @@ def train_adapter(
     tags: dict[str, str] | None = None,
     dataset_hashes: dict[str, str] | None = None,
     parent_run_id: str | None = None,
+    init_adapter: Path | None = None,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a LoRA on `train_rows` (chat examples) and save it as `adapters_dir/name`."""
+    """Train a LoRA on `train_rows` (chat examples) and save it as `adapters_dir/name`.
+
+    `init_adapter` continues training an existing adapter; `manifest_extra` (genealogy,
+    data mix) is merged into the manifest written beside the adapter.
+    """
     from trl import SFTConfig, SFTTrainer
 
     train = settings.train
@@ -138,7 +151,7 @@ def train_adapter(
 
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "right"  # training pads on the right
-    model = load_for_training(model_path, plan, train)
+    model = load_for_training(model_path, plan, train, init_adapter)
     dataset = to_prompt_completion(train_rows)
 
     adapters_dir.mkdir(parents=True, exist_ok=True)
@@ -198,6 +211,8 @@ def train_adapter(
                     "metrics": metrics,
                     "tags": tags or {},
                     "mlflow_run_id": run.info.run_id,
+                    "init_adapter": str(init_adapter) if init_adapter else None,
+                    **(manifest_extra or {}),
                 },
             )
             mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")

@@ -141,3 +141,71 @@ def test_eval_of_a_broken_adapter_folder_is_a_clear_error(
     assert result.exit_code == 2
     assert "does not load" in result.output
     shutil.rmtree(broken)
+
+
+def test_qlora_nf4_quantises_the_base_and_trains_an_adapter(tiny_settings: Settings) -> None:
+    import bitsandbytes as bnb
+
+    from tasks.data import build_splits
+    from tasks.memory_plan import ModelShape, plan_training
+    from tasks.train import load_for_training, train_adapter
+
+    settings = tiny_settings.model_copy(update={"train": tiny_settings.train.model_copy(
+        update={"quantization": "nf4"})})
+    plan = plan_training(settings.train, ModelShape(3_000_000, 64, 2, 49152, 128), "cpu")
+    assert plan.quantization == "nf4"
+    model = load_for_training(settings.model.base, plan, settings.train)
+    quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantised, "the frozen base layers should be 4-bit"
+    assert all(m.weight.quant_state.quant_type == "nf4" for m in quantised)
+    # Double quantisation: the absmax statistics are themselves quantised.
+    assert all(m.weight.quant_state.nested for m in quantised)
+
+    setup_mlflow(settings)
+    bundle = build_splits(settings.data, settings.paths.data_dir)
+    result = train_adapter(settings, settings.model.base, bundle.train,
+                           settings.paths.data_dir / "adapters", "qlora")
+    assert result.plan.quantization == "nf4"
+    assert verify_adapter_files(result.adapter_dir) == []
+    assert read_adapter_manifest(result.adapter_dir)["plan"]["quantization"] == "nf4"
+
+
+@pytest.mark.gpu
+def test_qlora_on_cuda_stays_inside_the_vram_budget(tiny_settings: Settings) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from tasks.data import build_splits
+    from tasks.train import train_adapter
+
+    setup_mlflow(tiny_settings)
+    bundle = build_splits(tiny_settings.data, tiny_settings.paths.data_dir)
+    settings = tiny_settings.model_copy(update={"train": tiny_settings.train.model_copy(
+        update={"quantization": "auto", "vram_budget_gb": 4.0})})
+    result = train_adapter(settings, settings.model.base, bundle.train,
+                           settings.paths.data_dir / "adapters", "cuda")
+    assert result.plan.quantization == "nf4" and result.plan.device == "cuda"
+    assert result.metrics["peak_vram_mb"] < 4.0 * 1024
+
+
+def test_data_generate_cli_reports_splits_and_refuses_an_unknown_skill(
+    tiny_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "generate", "--config", "tiny", "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["rows"]["test"] == len(tiny_settings.data.skills) * \
+        tiny_settings.data.test_per_skill
+    assert Path(facts["test_path"]).is_dir()
+    again = json.loads(runner.invoke(app, ["data", "generate", "-c", "tiny", "--json"]).stdout)
+    assert again["hashes"]["test"] == facts["hashes"]["test"], "the test set is frozen"
+
+    monkeypatch.setenv("EVOLORA_DATA__SKILLS", '["arithmetic", "telepathy"]')
+    before = sorted(p.name for p in (tiny_settings.paths.data_dir / "datasets").iterdir())
+    refused = runner.invoke(app, ["data", "generate", "--config", "tiny"])
+    assert refused.exit_code == 2
+    assert "telepathy" in refused.output and "arithmetic" in refused.output
+    after = sorted(p.name for p in (tiny_settings.paths.data_dir / "datasets").iterdir())
+    assert after == before, "a refused run writes nothing"
