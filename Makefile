@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(EVOLORA) models prepare --config $(CONFIG)
 	$(EVOLORA) doctor --config $(CONFIG)
+	$(EVOLORA) cycle --config $(CONFIG) --new
 
 test: install
 	$(VENV)/bin/ruff check .

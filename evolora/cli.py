@@ -22,6 +22,9 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and list base models (offline, from packaged GGUFs).",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
+from evolora.cli_registry import registry_app  # noqa: E402 (mounted right here)
+
+app.add_typer(registry_app, name="registry")
 data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -273,6 +276,65 @@ def print_scores(scores: dict[str, dict[str, float]], split: str = "test") -> No
         label = key.removeprefix(prefix).lstrip("_") or "overall"
         table.add_row(label, *(f"{scores[c].get(key, float('nan')):.2f}" for c in scores))
     console.print(table)
+
+
+@app.command()
+def cycle(
+    config: ConfigOption = None,
+    new: Annotated[bool, typer.Option("--new", help="Start a new cycle even if the last one "
+                                      "did not finish (default: resume it).")] = False,
+    summary_path: Annotated[Path | None, typer.Option(
+        "--summary", help="Where to write the summary JSON; default mlruns/last-cycle.json.",
+    )] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run one self-improvement cycle: data, population, evolution, promotion gate."""
+    from flows.cycle import cycle_flow
+    from tasks.memory_plan import DoesNotFit
+
+    settings = settings_or_exit(config)
+    try:
+        summary = cycle_flow(config=str(config or settings.name), new=new)
+    except DoesNotFit as exc:
+        raise fail(str(exc)) from None
+    target = summary_path or settings.paths.mlruns_dir / "last-cycle.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(summary, indent=2))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    print_cycle_summary(summary)
+    console.print(f"summary written to {target}", highlight=False)
+
+
+def print_cycle_summary(summary: dict) -> None:
+    """The demo's table: base, best initial, each generation's best, champion."""
+    table = Table("candidate", "test accuracy", "hard level", "note")
+
+    def row(label: str, prefix: str, note: str = "") -> None:
+        table.add_row(label, f"{summary[prefix]:.2f}", f"{summary[prefix + '_hard']:.2f}", note)
+
+    row("base model", "base")
+    row(f"best initial ({summary['best_initial_id']})", "best_initial")
+    for gen in summary["generations"]:
+        table.add_row(f"generation {gen['generation']} best ({gen['best_id']})",
+                      f"{gen['best']:.2f}", f"{gen['best_hard']:.2f}",
+                      f"planned by: {gen['policy']}")
+    verdict = "promoted" if summary["promoted"] else "refused: " + "; ".join(
+        summary["gate_reasons"])
+    row(f"challenger ({summary['challenger_id']})", "challenger",
+        f"registry v{summary['registry_version']}, {verdict}")
+    row(f"champion (registry v{summary['champion_version']})", "champion")
+    console.print(table)
+    merge = summary.get("specialist_merge")
+    if merge:
+        parents = ", ".join(f"{k} {v:.2f}" for k, v in merge["parents"].items())
+        console.print(f"specialist merge {merge['id']}: {merge['accuracy']:.2f} vs parents "
+                      f"{parents} (beats each: {merge['beats_each_parent']})", highlight=False)
+    console.print(f"evolution moved test accuracy by {summary['evolution_gain']:+.2f} overall "
+                  f"and {summary['evolution_gain_hard']:+.2f} on the hard level "
+                  f"(best initial -> champion); wall {summary['wall_s']:.0f} s",
+                  highlight=False)
 
 
 @app.command("config")

@@ -149,9 +149,18 @@ class EvolutionSettings(Section):
     elite: int = Field(1, ge=1)
     children_per_generation: int = Field(2, ge=1)
     combination_types: list[
-        Literal["linear", "cat", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune"]
+        Literal["linear", "cat", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune",
+                "ties_svd"]
     ] = Field(default_factory=lambda: ["linear", "cat", "ties", "dare_ties"], min_length=1)
-    mutation_std: float = Field(0.01, ge=0)
+    mutation_std: float = Field(0.01, ge=0, description="Noise mutation strength, relative "
+                                "to each LoRA tensor's own std.")
+    member_steps: int | None = Field(None, gt=0, description="Training steps of each initial "
+                                     "member; None: train.max_steps.")
+    # Two at least: training warms up from a learning rate of 0, so one step changes nothing.
+    finetune_steps: int = Field(5, ge=2, description="Steps of a continued-training mutation.")
+    use_agents: bool = Field(True, description="AutoGen agents plan each generation; false: "
+                             "the genetic-algorithm policy alone.")
+    registry_model_name: str = Field("evolora-adapter", min_length=1)
     llm_base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint for the breeding agents; None: embedded."
     )

@@ -1,0 +1,291 @@
+"""Deciding a generation's breeding plan: AutoGen agents first, the genetic algorithm as fallback.
+
+A breeder agent proposes a plan as JSON, a critic checks it against the population table and
+either approves or asks for a fix; a GroupChatManager runs the talk with a fixed turn order
+(user -> breeder -> critic -> breeder ...), so no LLM call is spent on picking speakers. The
+last plan that passes `validate_plan` wins. A timeout, an exception, or no valid JSON at all
+falls back to `ga_plan`, and the record says which policy decided and why:
+
+    plan, record = decide_plan(members, settings.evolution, n_children=2,
+                               rng=random.Random(0), llm_config=llm_config_for(settings.evolution,
+                               server.base_url))
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import threading
+import time
+from typing import Any
+
+from evolora.logs import get_logger
+from evolora.settings import EvolutionSettings
+from tasks.breeding_plan import (
+    UNEQUAL_RANK_TYPES,
+    BreedingPlan,
+    ChildPlan,
+    Member,
+    Mutation,
+    PlanError,
+    ga_plan,
+    plan_json_schema,
+    population_table,
+    select_survivors,
+    validate_plan,
+)
+
+__all__ = [
+    "BreedingPlan",
+    "ChildPlan",
+    "Member",
+    "Mutation",
+    "PlanError",
+    "decide_plan",
+    "ga_plan",
+    "llm_config_for",
+    "population_table",
+    "propose_with_agents",
+    "select_survivors",
+    "validate_plan",
+]
+
+log = get_logger(__name__)
+
+APPROVE = "APPROVE"
+BREEDER_MAX_TOKENS = 512
+CRITIC_MAX_TOKENS = 160
+
+BREEDER_PROMPT = """You are the breeder of a population of LoRA adapters.
+Propose exactly {n_children} children as ONE JSON object and nothing else:
+{{"children": [{{"parents": ["<id>", "<id>"], "combination_type": "<type>",
+  "weights": [<w>, <w>], "density": 0.5,
+  "mutation": {{"kind": "none|noise|rank|finetune", "strength": 0.0, "rank": null,
+  "steps": null}}}}], "rationale": "<one sentence>"}}
+Rules: parents are 1 to 4 ids from the table; one weight (0..2) per parent; a single parent
+means mutation only (its mutation must not be "none"); combination_type is one of: {types};
+parents of different rank may only be combined with {unequal}.
+Prefer fit parents, but keep some diversity. If the critic asks for a fix, send the whole
+corrected JSON again."""
+
+CRITIC_PROMPT = """You are the critic. Check the breeder's latest JSON plan against the table:
+parent ids exist, one weight per parent, allowed combination types ({types}), equal ranks
+unless the type is {unequal}, exactly {n_children} children, fit parents preferred.
+If the plan is acceptable reply with the single word APPROVE.
+Otherwise reply REVISE: followed by the problems, one per line."""
+
+
+def llm_config_for(settings: EvolutionSettings, base_url: str) -> dict[str, Any]:
+    """An ag2 llm_config for the OpenAI-compatible server at `base_url` (ends in /v1)."""
+    api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
+    entry: dict[str, Any] = {
+        "model": settings.llm_model,
+        "base_url": base_url,
+        "api_key": api_key,
+        "api_type": "openai",
+        # The whole chat has one deadline; a retried call would only overrun it.
+        "timeout": settings.llm_timeout_s,
+        "max_retries": 0,
+        # A local model costs nothing; a price also stops ag2 warning on unknown models.
+        "price": [0.0, 0.0],
+    }
+    return {"config_list": [entry], "cache_seed": None, "temperature": 0.2}
+
+
+class _QuietStream:
+    """An ag2 IOStream that drops console output (ag2 would print every turn to stdout)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        pass
+
+    def send(self, message: Any) -> None:
+        pass
+
+    def input(self, prompt: str = "", *, password: bool = False) -> str:
+        return ""  # human_input_mode="NEVER": never asked
+
+
+def _agent_config(llm_config: dict[str, Any], **entry_extras: Any) -> dict[str, Any]:
+    config = copy.deepcopy(llm_config)
+    config["config_list"] = [{**entry, **entry_extras} for entry in config["config_list"]]
+    return config
+
+
+def _is_approval(text: str) -> bool:
+    head = text.strip().upper()
+    return head.startswith(APPROVE) or (APPROVE in head and "REVISE" not in head)
+
+
+def propose_with_agents(
+    members: list[Member],
+    *,
+    n_children: int,
+    allowed_types: list[str],
+    llm_config: dict[str, Any],
+    timeout_s: float,
+    max_rounds: int = 4,
+    structured_output: bool = True,
+) -> tuple[BreedingPlan | None, str]:
+    """The agents' plan and why it was taken, or (None, why not) on timeout/error/no valid plan.
+
+    `max_rounds` counts agent turns (breeder and critic). With `structured_output` the
+    breeder's requests carry the plan's JSON schema as `response_format`, which llama.cpp,
+    vLLM and OpenAI turn into constrained decoding; the reply is validated either way.
+    """
+    from autogen import AssistantAgent, GroupChat, GroupChatManager, UserProxyAgent
+    from autogen.io import IOStream
+
+    unequal = " / ".join(sorted(UNEQUAL_RANK_TYPES)) or "none"
+    types = ", ".join(allowed_types)
+    breeder_extras: dict[str, Any] = {"max_tokens": BREEDER_MAX_TOKENS}
+    if structured_output:
+        # ag2 wraps a schema dict as {"type": "json_schema", "json_schema": {...}}.
+        breeder_extras["response_format"] = plan_json_schema(
+            members, n_children=n_children, allowed_types=allowed_types
+        )
+    breeder = AssistantAgent(
+        "breeder",
+        system_message=BREEDER_PROMPT.format(n_children=n_children, types=types, unequal=unequal),
+        llm_config=_agent_config(llm_config, **breeder_extras),
+        code_execution_config=False,
+    )
+    critic = AssistantAgent(
+        "critic",
+        system_message=CRITIC_PROMPT.format(n_children=n_children, types=types, unequal=unequal),
+        llm_config=_agent_config(llm_config, max_tokens=CRITIC_MAX_TOKENS),
+        code_execution_config=False,
+    )
+    user = UserProxyAgent(
+        "evolution",
+        human_input_mode="NEVER",
+        code_execution_config=False,
+        default_auto_reply="",
+    )
+    cancelled = threading.Event()
+
+    def next_speaker(last: Any, chat: GroupChat) -> Any:
+        # None ends the chat: on approval, or when the caller has given up waiting.
+        if cancelled.is_set():
+            return None
+        if last is breeder:
+            return critic
+        if last is critic and _is_approval(str(chat.messages[-1].get("content") or "")):
+            return None
+        return breeder
+
+    chat = GroupChat(
+        agents=[user, breeder, critic],
+        messages=[],
+        max_round=max_rounds + 1,  # the opening message counts as a round
+        speaker_selection_method=next_speaker,
+    )
+    manager = GroupChatManager(chat, llm_config=False, code_execution_config=False)
+    task = (
+        f"Population (best first):\n\n{population_table(members)}\n\n"
+        f"Plan exactly {n_children} children for the next generation."
+    )
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            # ag2 prints the whole chat to stdout; the transcript is logged at debug instead.
+            with IOStream.set_default(_QuietStream()):
+                user.initiate_chat(manager, message=task, silent=True)
+        except BaseException as exc:  # reported to the caller, never lost in the thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True, name="breeding-agents")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        cancelled.set()  # the chat stops at its next turn; the HTTP call has its own timeout
+        return None, f"timeout: no plan within {timeout_s:g} s ({len(chat.messages)} messages)"
+    for message in chat.messages:
+        log.debug("evolve.agent_message", name=message.get("name"), content=message.get("content"))
+    if failure:
+        exc = failure[0]
+        return None, f"exception: {type(exc).__name__}: {str(exc)[:300]}"
+    return _pick_plan(chat.messages, members, n_children=n_children, allowed_types=allowed_types)
+
+
+def _pick_plan(
+    messages: list[dict[str, Any]],
+    members: list[Member],
+    *,
+    n_children: int,
+    allowed_types: list[str],
+) -> tuple[BreedingPlan | None, str]:
+    last_problems: list[str] = []
+    turns = [m for m in messages if m.get("name") in ("breeder", "critic")]
+    approved = bool(turns) and turns[-1].get("name") == "critic"
+    approved = approved and _is_approval(str(turns[-1].get("content") or ""))
+    # Newest first: a fix the critic asked for supersedes the plan it criticised.
+    for message in reversed(turns):
+        content = str(message.get("content") or "")
+        if message["name"] == "critic" and _is_approval(content):
+            continue
+        try:
+            plan = validate_plan(
+                content, members, n_children=n_children, allowed_types=allowed_types
+            )
+        except PlanError as exc:
+            if not last_problems:
+                last_problems = exc.problems
+            continue
+        verdict = "approved by the critic" if approved else "not approved by the critic"
+        return plan, f"valid plan from the {message['name']}, {verdict} ({len(turns)} turns)"
+    if not turns:
+        return None, "no agent replied"
+    return None, f"no valid plan in {len(turns)} turns; last problems: " + "; ".join(
+        last_problems[:5]
+    )
+
+
+def decide_plan(
+    members: list[Member],
+    settings: EvolutionSettings,
+    *,
+    n_children: int,
+    rng: random.Random,
+    llm_config: dict[str, Any] | None,
+) -> tuple[BreedingPlan, dict[str, Any]]:
+    """This generation's plan and a record {"policy", "reason", "seconds", ...} of who decided."""
+    started = time.perf_counter()
+    allowed = list(settings.combination_types)
+    plan: BreedingPlan | None = None
+    if llm_config is None:
+        reason = "no llm_config: agents not configured"
+    else:
+        try:
+            plan, reason = propose_with_agents(
+                members,
+                n_children=n_children,
+                allowed_types=allowed,
+                llm_config=llm_config,
+                timeout_s=settings.llm_timeout_s,
+            )
+        except Exception as exc:  # e.g. a malformed llm_config: the GA still breeds
+            plan, reason = None, f"exception: {type(exc).__name__}: {str(exc)[:300]}"
+    policy = "agents"
+    if plan is None:
+        policy = "ga"
+        if llm_config is not None:
+            reason = f"agents failed ({reason}); GA fallback"
+            log.warning("evolve.agents_failed", reason=reason)
+        plan = ga_plan(
+            members,
+            n_children=n_children,
+            allowed_types=allowed,
+            rng=rng,
+            mutation_strength=settings.mutation_std,
+        )
+    record = {
+        "policy": policy,
+        "reason": reason,
+        "seconds": round(time.perf_counter() - started, 3),
+        "n_children": n_children,
+        "plan": json.loads(plan.model_dump_json()),
+    }
+    log.info("evolve.plan_decided", policy=policy, reason=reason, seconds=record["seconds"])
+    return plan, record
