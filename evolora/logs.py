@@ -84,9 +84,28 @@ def configure_logging(json_output: bool = False, level: str = "INFO") -> None:
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
+    logging.basicConfig(level=logging.WARNING, handlers=[_CurrentStderrHandler()], force=True)
     for noisy in ("httpx", "urllib3", "alembic", "mlflow", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stderr handler that looks up `sys.stderr` at each record, not once.
+
+    A stream captured at set-up time (a test runner's, a closed CLI runner's) would make
+    every later stdlib log line fail with "I/O operation on closed file".
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
 
 
 def _stderr_logger(*_args: Any) -> structlog.PrintLogger:

@@ -206,16 +206,41 @@ def plan_json_schema(
 ) -> dict[str, Any]:
     """BreedingPlan's JSON schema narrowed to these members and types (for grammar decoding).
 
-    A server that constrains decoding to this schema can only name existing parents and
-    allowed types; what a schema cannot say (one weight per parent, equal ranks) is still
-    checked by `validate_plan`.
+    A server that constrains decoding to this schema can only name existing parents, allowed
+    types, one weight per parent and equal ranks where the type needs them; what a schema
+    cannot say (no parent twice, a mutation's own fields) is still checked by `validate_plan`.
     """
     schema = copy.deepcopy(BreedingPlan.model_json_schema())
-    child = schema["$defs"]["ChildPlan"]["properties"]
-    child["parents"]["items"] = {"type": "string", "enum": [m.id for m in members]}
-    child["combination_type"] = {"type": "string", "enum": list(allowed_types)}
-    child["weights"]["items"] = {"type": "number", "minimum": 0, "maximum": MAX_WEIGHT}
-    schema["properties"]["children"].update(minItems=n_children, maxItems=n_children)
+    child = schema["$defs"].pop("ChildPlan")
+    # Required, so that a small model states its choice instead of leaving a default to chance.
+    child["required"] = ["parents", "combination_type", "weights", "mutation"]
+    # One variant per (rank group, parent count): the grammar itself then keeps one weight
+    # per parent and equal ranks for the types that need them.
+    groups = [
+        [m.id for m in members if m.rank == rank] for rank in sorted({m.rank for m in members})
+    ]
+    unequal = [t for t in allowed_types if t in UNEQUAL_RANK_TYPES]
+    shapes = [(ids, list(allowed_types)) for ids in groups]
+    if unequal and len(groups) > 1:
+        shapes.append(([m.id for m in members], unequal))
+    variants = []
+    for ids, types in shapes:
+        for count in range(1, min(MAX_PARENTS, len(ids)) + 1):
+            variant = copy.deepcopy(child)
+            props = variant["properties"]
+            props["combination_type"] = {"type": "string", "enum": types}
+            props["parents"].update(
+                items={"type": "string", "enum": ids}, minItems=count, maxItems=count
+            )
+            props["weights"].update(
+                items={"type": "number", "minimum": 0, "maximum": MAX_WEIGHT},
+                minItems=count,
+                maxItems=count,
+            )
+            variants.append(variant)
+    schema["properties"]["children"].update(
+        items={"anyOf": variants}, minItems=n_children, maxItems=n_children
+    )
     # A grammar-bound small model can otherwise fill its whole token budget with rationale.
     schema["properties"]["rationale"]["maxLength"] = 400
     return schema

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 import threading
 import time
 from typing import Any
@@ -113,8 +114,8 @@ def _agent_config(llm_config: dict[str, Any], **entry_extras: Any) -> dict[str, 
 
 
 def _is_approval(text: str) -> bool:
-    head = text.strip().upper()
-    return head.startswith(APPROVE) or (APPROVE in head and "REVISE" not in head)
+    # Only a reply that opens with the word (markdown allowed): "not approved" is no approval.
+    return re.match(rf"\W*{APPROVE}D?\b", text.strip(), re.I) is not None
 
 
 def propose_with_agents(
@@ -249,6 +250,7 @@ def decide_plan(
     n_children: int,
     rng: random.Random,
     llm_config: dict[str, Any] | None,
+    max_rounds: int = 4,
 ) -> tuple[BreedingPlan, dict[str, Any]]:
     """This generation's plan and a record {"policy", "reason", "seconds", ...} of who decided."""
     started = time.perf_counter()
@@ -264,6 +266,7 @@ def decide_plan(
                 allowed_types=allowed,
                 llm_config=llm_config,
                 timeout_s=settings.llm_timeout_s,
+                max_rounds=max_rounds,
             )
         except Exception as exc:  # e.g. a malformed llm_config: the GA still breeds
             plan, reason = None, f"exception: {type(exc).__name__}: {str(exc)[:300]}"

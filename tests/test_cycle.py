@@ -75,7 +75,7 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
     client = MlflowClient()
     champion = client.get_model_version_by_alias(
         cycle_env.evolution.registry_model_name, "champion")
-    assert champion.version == str(summary["registry_version"])
+    assert str(champion.version) == str(summary["registry_version"])
     tags = champion.tags
     assert "evolora.base_model_sha256" in tags
     assert "evolora.data_hashes" in tags

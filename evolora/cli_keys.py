@@ -1,0 +1,131 @@
+"""`evolora keys ...`: create, list and revoke the service's API keys.
+
+Mounted by evolora/cli.py with `app.add_typer(keys_app, name="keys")`.
+Exit codes: 0 done, 2 an error (cause and fix on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from serving.store import Store
+
+# evolora/cli.py imports this module to mount it, so evolora.cli's helpers (fail, console,
+# settings_or_exit) are imported inside the functions, as in cli_registry.py.
+
+keys_app = typer.Typer(help="API keys of the service: create, list, revoke.",
+                       no_args_is_help=True)
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="A name in configs/ (tiny, demo, default) or a YAML "
+                 "path; default $EVOLORA_CONFIG or `default`."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _open_store(config: str | None) -> Store:
+    """The config's store (serving.database_url, default SQLite in paths.data_dir)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from evolora.cli import fail, settings_or_exit
+    from serving.store import Store
+
+    settings = settings_or_exit(config)
+    try:
+        return Store.from_settings(settings)
+    except (SQLAlchemyError, OSError) as exc:
+        where = settings.serving.database_url or f"{settings.paths.data_dir}/evolora.db"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise fail(f"cannot open the store {where}: {first_line}",
+                   "check serving.database_url / paths.data_dir") from None
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. `laptop`.")],
+    user: Annotated[str | None, typer.Option("--user", "-u", help="The user the key acts "
+                                             "as; default: NAME.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May manage keys and see every "
+                                        "user's data through the service.")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    from evolora.cli import fail
+    from serving.store import StoreError
+
+    store = _open_store(config)
+    try:
+        plaintext, record = store.create_key(name, user or name, admin=admin)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps({"key": plaintext, **record.to_json()}, indent=2))
+        return
+    role = "admin" if record.is_admin else "user"
+    print(f"created {role} key {record.name!r} for user {record.user_id!r} "
+          f"(id {record.id}, prefix evk_{record.prefix})\n\n  {plaintext}\n\n"
+          "Copy it now: it cannot be shown again (only its hash is stored).")
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Every key with its prefix, user and state; never the keys themselves."""
+    from evolora.cli import console
+
+    store = _open_store(config)
+    try:
+        records = store.list_keys()
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps([record.to_json() for record in records], indent=2))
+        return
+    if not records:
+        console.print("no API keys yet; `evolora keys create NAME` makes one", highlight=False)
+        return
+    table = Table("id", "name", "user", "prefix", "admin", "created", "revoked")
+    for record in records:
+        table.add_row(record.id, record.name, record.user_id, f"evk_{record.prefix}",
+                      "yes" if record.is_admin else "", _when(record.created_at),
+                      _when(record.revoked_at))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    ref: Annotated[str, typer.Argument(help="The key's id or its prefix (as `list` shows).")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    from evolora.cli import fail
+    from serving.store import StoreError
+
+    store = _open_store(config)
+    try:
+        record = store.revoke_key(ref)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(record.to_json(), indent=2))
+        return
+    print(f"revoked key {record.name!r} (id {record.id}, prefix evk_{record.prefix}, "
+          f"user {record.user_id!r}) at {_when(record.revoked_at)}")

@@ -1,0 +1,74 @@
+"""The FastAPI app: `create_app(settings)`; models and stores are loaded in its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import HTTPException
+from fastapi.responses import JSONResponse
+
+from evolora.logs import get_logger
+from evolora.settings import Settings
+from serving.deps import Services
+from serving.limits import BodySizeLimit, RateLimiter, error_body
+from serving.metrics import ServingMetrics
+from serving.middleware import RequestMetrics
+from serving.routes import admin, agent, chat, feedback, health, memories
+from serving.startup import open_services
+from serving.store import NotFound, StoreError
+
+log = get_logger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The service for `settings`; nothing heavy happens until the app starts."""
+    metrics = ServingMetrics()
+    services = Services(settings, metrics, RateLimiter(settings.serving.rate_limit_per_minute))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = services
+        await run_in_threadpool(open_services, services)
+        try:
+            yield
+        finally:
+            if services.loader is not None:
+                await run_in_threadpool(services.loader.stop)
+            log.info("serving.stopped")
+
+    app = FastAPI(title="evolora", version="1", lifespan=lifespan)
+    for router in (chat.router, agent.router, memories.router, feedback.router,
+                   health.router, admin.router):
+        app.include_router(router)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(StoreError, store_error)
+    app.add_exception_handler(Exception, internal_error)
+    # The last added runs first: metrics see every response, the body guard's 413s too.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.serving.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """HTTP errors with both `detail` and an OpenAI-style `error` object."""
+    assert isinstance(exc, HTTPException)
+    kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+             429: "rate_limit_error"}
+    body = error_body(str(exc.detail), kinds.get(exc.status_code, "invalid_request_error"))
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def store_error(request: Request, exc: Exception) -> JSONResponse:
+    """A value the store refuses (too long, wrong kind) is the caller's error: 400."""
+    status = 404 if isinstance(exc, NotFound) else 400
+    return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=status)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A 500 that says nothing of the internals; the log has the exception (not the body)."""
+    log.error("serving.unhandled", path=request.url.path, error_type=type(exc).__name__,
+              error=str(exc))
+    return JSONResponse(error_body("internal server error", "server_error"), status_code=500)

@@ -1,0 +1,72 @@
+"""One chat completion on the local model: prompt, generation under the model lock, usage."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from agent.runtime import ModelRuntime
+from serving.hot_loader import AdapterHotLoader
+from serving.metrics import ServingMetrics
+from serving.schemas import ChatMessage
+
+# Roles the chat template knows; the others are mapped onto them.
+_ROLE_MAP = {"developer": "system", "tool": "user"}
+
+
+@dataclass
+class Completion:
+    """A generated reply with the adapter that produced it and its token counts."""
+
+    text: str
+    adapter: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    finish_reason: str
+
+
+def chat_prompt(runtime: ModelRuntime, messages: list[ChatMessage]) -> str:
+    """The chat-template prompt for OpenAI-style messages."""
+    chat = [{"role": _ROLE_MAP.get(m.role, m.role), "content": m.text()} for m in messages]
+    return runtime.chat_prompt(chat)
+
+
+def count_tokens(runtime: ModelRuntime, text: str) -> int:
+    return len(runtime.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def complete(runtime: ModelRuntime, loader: AdapterHotLoader, metrics: ServingMetrics, *,
+             model: str | None, messages: list[ChatMessage], max_new_tokens: int,
+             stop: list[str], temperature: float, top_p: float) -> Completion:
+    """Generate a reply on the adapter `model` names, held from start to end of generation."""
+    prompt = chat_prompt(runtime, messages)
+    with loader.lease(model) as adapter:
+        started = time.perf_counter()
+        with runtime.lock:
+            runtime.use(adapter)
+            text = runtime.generate([prompt], max_new_tokens=max_new_tokens, stop=stop or None,
+                                    temperature=temperature, top_p=top_p)[0]
+        seconds = time.perf_counter() - started
+    completion_tokens = count_tokens(runtime, text)
+    metrics.record_generation(adapter, completion_tokens, seconds)
+    finish = "length" if completion_tokens >= max_new_tokens else "stop"
+    return Completion(text, adapter, count_tokens(runtime, prompt), completion_tokens, seconds,
+                      finish)
+
+
+def stream_pieces(runtime: ModelRuntime, text: str) -> list[str]:
+    """The reply cut at token boundaries, so a streamed reply arrives token by token."""
+    ids = runtime.tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces: list[str] = []
+    emitted = ""
+    for end in range(1, len(ids) + 1):
+        decoded = runtime.tokenizer.decode(ids[:end], skip_special_tokens=True)
+        # A multi-byte character spans tokens: wait until it decodes whole.
+        if decoded.endswith("\ufffd"):
+            continue
+        pieces.append(decoded[len(emitted):])
+        emitted = decoded
+    if emitted != text and text.startswith(emitted):
+        pieces.append(text[len(emitted):])
+    return [p for p in pieces if p] or ([text] if text else [])

@@ -1,0 +1,316 @@
+"""The adapter hot-loader: follows the registry's `champion` alias and swaps adapters live.
+
+A new champion is downloaded (checksum-verified), attached BESIDE the serving adapter, and
+then the serving pointer moves in one assignment. Requests take a lease on the adapter name
+at their start (`lease`) and keep it to the end, so a request in flight finishes on the
+adapter it started with; a retired adapter is detached once its last lease ends. A version
+that fails to download, verify or load is refused (logged, counted) and never retried by the
+poller; the current adapter keeps serving.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from agent.runtime import BASE_ADAPTER, ModelRuntime
+from evolora.logs import get_logger
+from serving.metrics import ServingMetrics
+from tasks.registry import CHAMPION, ChecksumMismatch, download_version, get_alias
+
+log = get_logger(__name__)
+
+# Model names a request may ask for; `v<N>` names a registered version.
+CHAMPION_NAMES = ("evolora", "champion")
+MAX_ON_DEMAND = 4  # attached non-champion versions kept for `v<N>` requests
+
+
+class UnknownModel(LookupError):
+    """A model name that is neither an alias we serve nor a usable registry version."""
+
+
+@dataclass
+class SwapRecord:
+    """One champion swap: versions, and how long generation was blocked by it."""
+
+    from_version: str | None
+    to_version: str
+    blocking_s: float
+    load_s: float
+    at: float = field(default_factory=time.time)
+
+
+def adapter_name(version: str) -> str:
+    return f"v{version}"
+
+
+class AdapterHotLoader:
+    """Owns which adapters are attached to the runtime and which one serves `champion`."""
+
+    def __init__(self, runtime: ModelRuntime, client_factory: Callable[[], MlflowClient],
+                 model_name: str, work_dir: Path, metrics: ServingMetrics,
+                 poll_interval_s: float = 30.0) -> None:
+        self.runtime = runtime
+        self.model_name = model_name
+        self.work_dir = Path(work_dir)
+        self.metrics = metrics
+        self.poll_interval_s = poll_interval_s
+        self._client_factory = client_factory
+        self._client: MlflowClient | None = None
+        self._state = threading.Lock()  # guards the pointer, leases, retired set
+        self._check = threading.Lock()  # one registry check (and load) at a time
+        self._serving: tuple[str, str | None] = (BASE_ADAPTER, None)  # (adapter, version)
+        self._leases: Counter[str] = Counter()
+        self._retired: set[str] = set()
+        self._on_demand: list[str] = []  # LRU order of attached non-champion adapters
+        self.refused: dict[str, str] = {}  # version -> reason
+        self.swaps: list[SwapRecord] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the pointer and leases ---------------------------------------------------------------
+
+    @property
+    def serving(self) -> tuple[str, str | None]:
+        """(adapter name, registry version or None for the base model) serving `champion`."""
+        return self._serving
+
+    @contextmanager
+    def lease(self, model: str | None = None) -> Iterator[str]:
+        """The adapter name for a requested model, held until the block ends.
+
+        `None`, `evolora`, `champion`: the serving adapter; `base`: the bare model; `v<N>`:
+        that registered version (downloaded and attached on demand). Raises UnknownModel.
+        """
+        name = self._resolve(model)
+        try:
+            yield name
+        finally:
+            self._release(name)
+
+    def _resolve(self, model: str | None) -> str:
+        model = (model or CHAMPION).strip()
+        if model in CHAMPION_NAMES:
+            with self._state:
+                name = self._serving[0]
+                self._leases[name] += 1
+            return name
+        if model == BASE_ADAPTER:
+            with self._state:
+                self._leases[BASE_ADAPTER] += 1
+            return BASE_ADAPTER
+        version = model[1:] if model[:1] in "vV" else ""
+        if not version.isdigit():
+            raise UnknownModel(f"unknown model {model!r}; use evolora, champion, base or v<N> "
+                               "(a registered version)")
+        name = adapter_name(version)
+        with self._state:
+            if name in self.runtime.adapters and name not in self._retired:
+                self._leases[name] += 1
+                self._touch(name)
+                return name
+        self._load_on_demand(version)
+        with self._state:
+            self._leases[name] += 1
+            self._touch(name)
+        return name
+
+    def _release(self, name: str) -> None:
+        with self._state:
+            self._leases[name] -= 1
+            idle = self._leases[name] <= 0
+            if idle:
+                del self._leases[name]
+            retire = idle and name in self._retired
+        if retire:
+            self._detach(name)
+
+    def _touch(self, name: str) -> None:
+        if name != self._serving[0]:
+            if name in self._on_demand:
+                self._on_demand.remove(name)
+            self._on_demand.append(name)
+
+    # --- registry checks ----------------------------------------------------------------------
+
+    def check_now(self) -> dict[str, Any]:
+        """Compare the champion alias with what serves; load and swap if it moved."""
+        with self._check:
+            before = self._serving[1]
+            try:
+                champion = get_alias(self.client, self.model_name, CHAMPION)
+            except Exception as exc:  # a registry outage must not stop serving
+                log.warning("hot_loader.registry_unreachable", error=str(exc))
+                return self._report(before, error=f"registry unreachable: {exc}")
+            if champion is None or champion.version == before:
+                return self._report(before)
+            version = str(champion.version)
+            if version in self.refused:
+                return self._report(before, error=f"version {version} was refused: "
+                                    f"{self.refused[version]}")
+            try:
+                self._swap_to(version)
+            except Exception as exc:
+                return self._report(before, error=f"version {version} refused: {exc}")
+            return self._report(before)
+
+    def _report(self, before: str | None, error: str | None = None) -> dict[str, Any]:
+        adapter, version = self._serving
+        last = self.swaps[-1] if self.swaps and version != before else None
+        return {"adapter": adapter, "version": version, "changed": version != before,
+                "error": error, "refused": dict(self.refused),
+                "swap_blocking_ms": round(last.blocking_s * 1000, 3) if last else None}
+
+    def _swap_to(self, version: str) -> None:
+        name = adapter_name(version)
+        started = time.perf_counter()
+        blocking = 0.0
+        with self._state:
+            attached = name in self.runtime.adapters and name not in self._retired
+        if not attached:
+            blocking = self._download_and_attach(version)
+        load_s = time.perf_counter() - started
+        with self._state:
+            old_name, old_version = self._serving
+            self._serving = (name, version)  # the atomic swap: one tuple assignment
+            self._retired.discard(name)
+            if name in self._on_demand:
+                self._on_demand.remove(name)
+            retire_old = old_name != BASE_ADAPTER
+            if retire_old:
+                self._retired.add(old_name)
+            old_idle = self._leases.get(old_name, 0) == 0
+        record = SwapRecord(old_version, version, blocking, load_s)
+        self.swaps.append(record)
+        self.metrics.swaps.inc()
+        self.metrics.swap_seconds.observe(blocking)
+        self.metrics.set_serving(version, name)
+        log.info("hot_loader.swapped", from_version=old_version, to_version=version,
+                 blocking_ms=round(blocking * 1000, 3), load_s=round(load_s, 3))
+        if retire_old and old_idle:
+            self._detach(old_name)
+
+    def _load_on_demand(self, version: str) -> None:
+        if version in self.refused:
+            raise UnknownModel(f"version {version} was refused: {self.refused[version]}")
+        with self._check:
+            name = adapter_name(version)
+            with self._state:
+                if name in self.runtime.adapters:
+                    self._retired.discard(name)
+                    return
+            try:
+                self.client.get_model_version(self.model_name, version)
+            except Exception:
+                raise UnknownModel(f"model {self.model_name!r} has no version {version}") \
+                    from None
+            try:
+                self._download_and_attach(version)
+            except Exception as exc:
+                raise UnknownModel(f"version {version} refused: {exc}") from None
+            self._evict_on_demand()
+
+    def _evict_on_demand(self) -> None:
+        with self._state:
+            extra = self._on_demand[:-MAX_ON_DEMAND] if len(self._on_demand) > MAX_ON_DEMAND \
+                else []
+            for name in extra:
+                self._on_demand.remove(name)
+                self._retired.add(name)
+            idle = [n for n in extra if self._leases.get(n, 0) == 0]
+        for name in idle:
+            self._detach(name)
+
+    def _download_and_attach(self, version: str) -> float:
+        """Download, verify and attach a version; returns the seconds the model lock was held.
+
+        Any failure refuses the version (recorded, counted) and re-raises.
+        """
+        dest = self.work_dir / f"{adapter_name(version)}-{uuid.uuid4().hex[:8]}"
+        try:
+            download_version(self.client, self.model_name, version, dest)
+        except ChecksumMismatch as exc:
+            self._refuse(version, "checksum", str(exc))
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        except Exception as exc:
+            self._refuse(version, "download", str(exc))
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        # The model lock is what generation holds: the time spent waiting for it is requests
+        # finishing, the time holding it is the swap's real blocking cost.
+        with self.runtime.lock:
+            held_from = time.perf_counter()
+            try:
+                self.runtime.attach(adapter_name(version), dest)
+            except Exception as exc:
+                self._refuse(version, "load", str(exc))
+                shutil.rmtree(dest, ignore_errors=True)
+                raise
+            return time.perf_counter() - held_from
+
+    def _refuse(self, version: str, reason: str, detail: str) -> None:
+        self.refused[version] = f"{reason}: {detail}"
+        self.metrics.refused.labels(reason).inc()
+        log.error("hot_loader.refused", version=version, reason=reason, detail=detail)
+
+    def _detach(self, name: str) -> None:
+        with self._state:
+            # A lease may have arrived, or the name become serving again, since the decision.
+            if self._leases.get(name, 0) > 0 or name == self._serving[0]:
+                return
+            self._retired.discard(name)
+        with self.runtime.lock:
+            if name in self.runtime.adapters:
+                path = self.runtime.adapters[name]
+                self.runtime.detach(name)
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("hot_loader.detached", adapter=name)
+
+    def registered_versions(self) -> list[str]:
+        """Version numbers of the registered model, oldest first (empty if unreachable)."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{self.model_name}'")
+        except Exception:
+            return []
+        return sorted((str(v.version) for v in versions), key=int)
+
+    # --- the polling thread -------------------------------------------------------------------
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def start(self) -> None:
+        """Check once now, then poll every `poll_interval_s` in a daemon thread."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.check_now()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="adapter-hot-loader",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.check_now()
+            except Exception as exc:  # the poller must outlive any one bad check
+                log.error("hot_loader.check_failed", error=str(exc))

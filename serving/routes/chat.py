@@ -1,0 +1,93 @@
+"""OpenAI-compatible chat completions and model list."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+from fastapi import APIRouter, HTTPException, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from serving.deps import CallerDep, LoaderDep, RuntimeDep, ServicesDep, check_prompt_length
+from serving.generation import Completion, complete, stream_pieces
+from serving.hot_loader import UnknownModel
+from serving.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceMessage,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+ADAPTER_HEADER = "x-evolora-adapter"
+
+
+@router.post("/chat/completions", response_model=ChatCompletion,
+             responses={200: {"content": {"text/event-stream": {}}}})
+async def chat_completions(body: ChatCompletionRequest, caller: CallerDep,
+                           services: ServicesDep, runtime: RuntimeDep,
+                           loader: LoaderDep) -> Response:
+    """A chat completion (SSE stream with `stream: true`); header x-evolora-adapter says who."""
+    check_prompt_length(services.settings, sum(len(m.text()) for m in body.messages))
+    max_new = (body.max_tokens or body.max_completion_tokens
+               or services.settings.model.max_new_tokens)
+    try:
+        result = await run_in_threadpool(
+            complete, runtime, loader, services.metrics, model=body.model,
+            messages=body.messages, max_new_tokens=max_new, stop=body.stop_list(),
+            temperature=body.temperature, top_p=body.top_p)
+    except UnknownModel as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    headers = {ADAPTER_HEADER: result.adapter}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _sse_events(completion_id, created, body.model, result,
+                             stream_pieces(runtime, result.text), include_usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    payload = ChatCompletion(
+        id=completion_id, created=created, model=body.model,
+        choices=[Choice(message=ChoiceMessage(content=result.text),
+                        finish_reason=result.finish_reason)],  # type: ignore[arg-type]
+        usage=_usage(result), evolora_adapter=result.adapter)
+    return Response(payload.model_dump_json(), media_type="application/json", headers=headers)
+
+
+def _usage(result: Completion) -> Usage:
+    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                 total_tokens=result.prompt_tokens + result.completion_tokens)
+
+
+def _sse_events(completion_id: str, created: int, model: str, result: Completion,
+                pieces: list[str], include_usage: bool) -> Iterator[str]:
+    def chunk(delta: dict[str, str], finish: str | None) -> str:
+        data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                "model": model, "evolora_adapter": result.adapter,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(data)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    for piece in pieces:
+        yield chunk({"content": piece}, None)
+    yield chunk({}, result.finish_reason)
+    if include_usage:
+        data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                "model": model, "evolora_adapter": result.adapter, "choices": [],
+                "usage": _usage(result).model_dump()}
+        yield f"data: {json.dumps(data)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+@router.get("/models", response_model=ModelList)
+def list_models(caller: CallerDep, loader: LoaderDep) -> ModelList:
+    """The names `model` accepts: evolora, champion, base and each registered version."""
+    names = ["evolora", "champion", "base"]
+    names += [f"v{v}" for v in loader.registered_versions()]
+    return ModelList(data=[ModelCard(id=name) for name in names])

@@ -1,0 +1,146 @@
+"""Request and response bodies of the service's routes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --- OpenAI-compatible chat -------------------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "text"
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_calls ...: accepted, unused
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # OpenAI clients send fields we do not use (n, logprobs, user, ...): accepted, ignored.
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field("champion", description="evolora | champion | base | v<N>")
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, gt=0, le=4096)
+    max_completion_tokens: int | None = Field(None, gt=0, le=4096)
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        return [s for s in stops if s][:4]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ChoiceMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    evolora_adapter: str = Field(description="The adapter that generated the reply.")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "evolora"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# --- agent runs, memories, feedback -----------------------------------------------------------
+
+
+class AgentRunRequest(BaseModel):
+    question: str = Field(min_length=1, pattern=r"\S")
+    session_id: str | None = Field(None, min_length=1, max_length=128)
+
+
+class AgentStepOut(BaseModel):
+    thought: str
+    tool: str
+    argument: str
+    observation: str
+
+
+class AgentRunResponse(BaseModel):
+    run_id: str
+    session_id: str
+    final_answer: str | None
+    steps: list[AgentStepOut]
+    error: str | None
+    adapter: str
+
+
+class MemoryOut(BaseModel):
+    id: str
+    text: str
+    kind: str | None = None
+    importance: float | None = None
+    created_at: Any = None
+    metadata: dict[str, Any] | None = None
+    score: float | None = None
+
+
+class MemoryList(BaseModel):
+    data: list[MemoryOut]
+
+
+class FeedbackRequest(BaseModel):
+    run_id: str = Field(min_length=1, max_length=128)
+    rating: Literal[-1, 0, 1]
+    comment: str | None = Field(None, max_length=2000)
+
+
+class FeedbackResponse(BaseModel):
+    run_id: str
+    rating: int
+    recorded: bool = True

@@ -1,0 +1,199 @@
+"""Closing the loop: the service's agent traces become next night's training rows.
+
+`harvest_traces` reads the traces recorded (or rated) since the last cycle and keeps those
+worth learning from: a final answer and no error (or a thumbs-up), never a thumbs-down.
+Each kept trace is rendered in exactly the synthetic rows' format (`tasks.data`: system +
+user + assistant `render_trace(...)`), every recorded tool call is re-run with the real
+tools, and the row must pass `tasks.data.verify_example` like any generated example: an
+observation the tools no longer give, an ungrounded answer or a broken trace is dropped.
+Then duplicates (and held-out questions) go, and the rest is capped at `max_rows`.
+
+`mix_with_synthetic` adds harvested rows to a synthetic train split, capped as a share of
+the mix, so a burst of similar user questions cannot swamp the curriculum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from agent.react_format import ToolCall, build_messages, normalize_answer, render_trace
+from agent.tools import Tool, default_tools, run_tool
+from tasks.data import GenerationReport, deduplicate, validate_row, verify_example
+from tasks.skills import FINAL_THOUGHT
+
+if TYPE_CHECKING:
+    from serving.store import Store
+
+HARVEST_SOURCE = "harvested"
+# Rows must carry a skill tasks.data knows (validate_row and load_split refuse others, and
+# population specialists filter on it): the skill of the tool that produced the answer.
+TOOL_SKILLS = {"calculator": "arithmetic", "convert": "units", "date": "dates",
+               "currency": "currency"}
+_STEP_KEYS = ("thought", "tool", "argument", "observation")
+
+
+def harvest_traces(
+    store: Store,
+    *,
+    since: float | None,
+    max_rows: int,
+    tools: Mapping[str, Tool] | None = None,
+    held_out: Iterable[str] = (),
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Verified training rows from the store's traces since `since`, and the report.
+
+    Kept: a final answer with no error, or any trace rated +1 that has a final answer.
+    Dropped, counted by reason in `report["dropped"]`: negative feedback, failed, no tool
+    calls (nothing to verify: the answer may rest on memory the row would not contain),
+    malformed steps, tool errors, observation mismatches and any other `verify_example`
+    failure, duplicates, questions in `held_out` (pass the frozen test questions), and rows
+    over `max_rows` (positively rated, then newest, are kept first).
+    `report["watermark"]` is the newest time seen: the next harvest's `since`.
+    """
+    if max_rows < 0:
+        raise ValueError(f"max_rows must be >= 0 (got {max_rows})")
+    tools = dict(tools) if tools is not None else default_tools()
+    traces = store.traces_since(since)
+    dropped: dict[str, int] = {}
+
+    def drop(reason: str, count: int = 1) -> None:
+        dropped[reason] = dropped.get(reason, 0) + count
+
+    candidates: list[tuple[Mapping[str, Any], dict[str, Any]]] = []
+    for trace in traces:
+        reason = _exclusion(trace)
+        if reason is None:
+            row, reason = trace_to_row(trace, tools)
+            if row is not None:
+                candidates.append((trace, row))
+                continue
+        drop(reason or "unknown")
+
+    # Thumbs-up first, then newest: they survive deduplication and the cap.
+    candidates.sort(key=lambda pair: (pair[0].get("feedback") != 1,
+                                      -float(pair[0].get("created_at") or 0.0)))
+    dedupe_report = GenerationReport(split="harvest")
+    rows = deduplicate([row for _, row in candidates], dedupe_report, against=held_out)
+    for reason, count in dedupe_report.dropped.items():
+        drop(reason, count)
+    if len(rows) > max_rows:
+        drop("over max_rows", len(rows) - max_rows)
+        rows = rows[:max_rows]
+
+    trace_of = {row["id"]: trace for trace, row in candidates}
+    kept_ids = [str(trace_of[row["id"]]["id"]) for row in rows]
+    levels: dict[str, int] = {}
+    skills: dict[str, int] = {}
+    for row in rows:
+        levels[row["level"]] = levels.get(row["level"], 0) + 1
+        skills[row["skill"]] = skills.get(row["skill"], 0) + 1
+    times = [float(t.get(key) or 0.0) for t in traces for key in ("created_at", "feedback_at")]
+    report = {
+        "since": since,
+        "watermark": max(times) if times else since,
+        "traces": len(traces),
+        "kept": len(rows),
+        "kept_positive": sum(trace_of[row["id"]].get("feedback") == 1 for row in rows),
+        "kept_by_level": levels,
+        "kept_by_skill": skills,
+        "dropped": dropped,
+        "trace_ids": kept_ids,
+    }
+    return rows, report
+
+
+def trace_to_row(trace: Mapping[str, Any], tools: Mapping[str, Tool]
+                 ) -> tuple[dict[str, Any] | None, str | None]:
+    """(row, None) for a trace that renders to a verified training row, else (None, reason)."""
+    question = trace.get("question")
+    final_answer = trace.get("final_answer")
+    steps = trace.get("steps")
+    if not isinstance(question, str) or not question.strip():
+        return None, "malformed trace"
+    if not isinstance(final_answer, str) or not final_answer.strip():
+        return None, "failed"
+    if not isinstance(steps, list) or not all(_is_step(step) for step in steps):
+        return None, "malformed steps"
+    if not steps:
+        return None, "no tool calls (unverifiable)"
+    calls = []
+    for step in steps:
+        tool = step["tool"].strip().lower()
+        argument = " ".join(step["argument"].split())
+        observation = " ".join(step["observation"].split())
+        if observation.startswith("Error:"):
+            return None, "tool error"
+        # The recorded observation must still be what the real tool says today.
+        if run_tool(dict(tools), tool, argument) != observation:
+            return None, "observation mismatch"
+        thought = " ".join(step["thought"].split()) or f"I should use the {tool} tool."
+        calls.append((thought, ToolCall(tool, argument), observation))
+    question = " ".join(question.split())
+    level = "easy" if len(calls) == 1 else "hard"
+    skill = TOOL_SKILLS.get(calls[-1][1].tool)
+    if skill is None:
+        return None, "unknown tool"
+    row = {
+        "id": f"{HARVEST_SOURCE}-{skill}-{level}-{trace['id']}",
+        "skill": skill,
+        "level": level,
+        "question": question,
+        "answer": normalize_answer(final_answer),
+        "messages": [
+            *build_messages(question),
+            {"role": "assistant",
+             "content": render_trace(calls, FINAL_THOUGHT, final_answer.strip())},
+        ],
+        "tool_calls": [{"tool": call.tool, "argument": call.argument, "observation": obs}
+                       for _, call, obs in calls],
+        "source": HARVEST_SOURCE,
+    }
+    problems = validate_row(row)
+    if problems:
+        return None, "invalid row"
+    problem = verify_example(row, dict(tools))
+    if problem is not None:
+        return None, problem.split(":")[0]
+    return row, None
+
+
+def mix_with_synthetic(
+    synthetic_rows: list[dict[str, Any]],
+    harvested_rows: list[dict[str, Any]],
+    *,
+    max_share: float,
+) -> list[dict[str, Any]]:
+    """The synthetic rows, then as many harvested rows as keep them at most `max_share` of
+    the mix (harvested rows that duplicate a synthetic question are left out first).
+
+    With S synthetic rows the mix takes floor(max_share * S / (1 - max_share)) harvested
+    rows, in the order given (harvest_traces puts thumbs-up and newest first); max_share 0
+    takes none, 1 takes all.
+    """
+    if not 0.0 <= max_share <= 1.0:
+        raise ValueError(f"max_share must be between 0 and 1 (got {max_share})")
+    fresh = deduplicate(list(harvested_rows), GenerationReport(split="harvest"),
+                        against=[row["question"] for row in synthetic_rows])
+    if max_share >= 1.0:
+        allowed = len(fresh)
+    else:
+        # The epsilon keeps exact shares exact (0.2 * 8 / 0.8 is 1.9999999999999996).
+        allowed = math.floor(max_share * len(synthetic_rows) / (1.0 - max_share) + 1e-9)
+    return [*synthetic_rows, *fresh[:allowed]]
+
+
+def _exclusion(trace: Mapping[str, Any]) -> str | None:
+    """Why a trace is not worth learning from before looking at its steps, or None."""
+    feedback = trace.get("feedback")
+    if feedback == -1:
+        return "negative feedback"
+    answered = isinstance(trace.get("final_answer"), str) and trace["final_answer"].strip()
+    if not answered or (trace.get("error") and feedback != 1):
+        return "failed"
+    return None
+
+
+def _is_step(step: Any) -> bool:
+    return isinstance(step, Mapping) and all(isinstance(step.get(k), str) for k in _STEP_KEYS)
