@@ -25,6 +25,9 @@ app.add_typer(models_app, name="models")
 from evolora.cli_registry import registry_app  # noqa: E402 (mounted right here)
 
 app.add_typer(registry_app, name="registry")
+from evolora.cli_keys import keys_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
 data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")

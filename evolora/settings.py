@@ -110,6 +110,10 @@ class DataSettings(Section):
     seed: int = 0
     test_seed: int = 1234
     paraphrase_fraction: float = Field(0.3, ge=0, le=1)
+    harvest: bool = Field(True, description="Add verified traces from serving to training.")
+    harvest_max_rows: int = Field(500, ge=0)
+    harvest_max_share: float = Field(0.3, ge=0, le=1, description="Harvested rows' largest "
+                                     "share of the training mix.")
 
 
 class TrainSettings(Section):

@@ -70,6 +70,15 @@ def train_member(settings: Settings, model_path: str, data: dict[str, Any], spec
             "generation": 0, "parents": [], "recipe": recipe, "train_run_id": result.run_id}
 
 
+@task(name="harvest-traces", retries=1, retry_delay_seconds=2)
+def harvest_traces(settings: Settings, data: dict[str, Any], since: float | None,
+                   parent_run_id: str) -> dict[str, Any]:
+    """Mix verified serving traces since the last cycle into the training split."""
+    from tasks.data_pipeline import harvest_into_training
+
+    return harvest_into_training(settings, data, since=since, parent_run_id=parent_run_id)
+
+
 @task(name="breed-child", retries=1, retry_delay_seconds=5)
 def breed_child(settings: Settings, model_path: str, data: dict[str, Any],
                 child_plan: dict[str, Any], parents: list[dict[str, Any]], child_id: str,
@@ -168,8 +177,12 @@ def cycle_flow(config: str = "demo", new: bool = False) -> dict[str, Any]:
             state.save()
             log_resolved_config(settings, {"cycle_id": state.cycle_id})
         model_path = prepare_base_model(settings)
-        data = state.done("data") or state.record(
-            "data", generate_data(settings, parent_run_id=parent.info.run_id))
+        if state.done("data") is None:
+            since = CycleState.last_harvest_watermark(state.folder.parent)
+            synthetic = generate_data(settings, parent_run_id=parent.info.run_id)
+            state.record("data", harvest_traces(settings, synthetic, since,
+                                                parent.info.run_id))
+        data = state.steps["data"]
         cycle = Cycle(settings, state, model_path, data, base_model_checksum(model_path))
 
         base_test = cycle.scored(None, "test")

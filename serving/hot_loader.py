@@ -152,7 +152,8 @@ class AdapterHotLoader:
             except Exception as exc:  # a registry outage must not stop serving
                 log.warning("hot_loader.registry_unreachable", error=str(exc))
                 return self._report(before, error=f"registry unreachable: {exc}")
-            if champion is None or champion.version == before:
+            # MLflow hands versions back as int or str depending on the call: compare as str.
+            if champion is None or str(champion.version) == before:
                 return self._report(before)
             version = str(champion.version)
             if version in self.refused:

@@ -177,7 +177,7 @@ class Store:
                 kwargs["poolclass"] = StaticPool  # one connection, or each sees an empty DB
             else:
                 Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, future=True, **kwargs)
+        self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)

@@ -57,6 +57,19 @@ class CycleState:
         return cls(data["cycle_id"], folder, data["status"], data.get("parent_run_id"),
                    data["started_at"], data.get("steps", {}))
 
+    @staticmethod
+    def last_harvest_watermark(cycles_dir: Path) -> float | None:
+        """Where the last finished cycle's harvest stopped: the next one starts there."""
+        if not cycles_dir.is_dir():
+            return None
+        for folder in sorted(cycles_dir.iterdir(), reverse=True):
+            if (folder / STATE_FILE).is_file():
+                state = CycleState.load(folder)
+                data = state.steps.get("data") or {}
+                if state.status == "done" and data.get("harvest"):
+                    return data["harvest"].get("watermark")
+        return None
+
     @property
     def resumed(self) -> bool:
         return bool(self.steps)

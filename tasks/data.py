@@ -632,6 +632,13 @@ def _find_test_split(root: Path, spec: dict[str, Any]) -> tuple[Path | None, str
     return None, None
 
 
+def save_split(root: Path, name: str, rows: list[dict[str, Any]],
+               extra: dict[str, Any] | None = None) -> tuple[Path, str]:
+    """Save `rows` as split `name` under `root` (atomically); returns its folder and hash."""
+    content_hash = dataset_hash(rows)
+    return _save_split(root, name, rows, content_hash, extra or {}), content_hash
+
+
 def _save_split(
     root: Path, name: str, rows: list[dict[str, Any]], content_hash: str, extra: dict[str, Any]
 ) -> Path:

@@ -118,6 +118,7 @@ def trace_to_row(trace: Mapping[str, Any], tools: Mapping[str, Tool]
         return None, "malformed steps"
     if not steps:
         return None, "no tool calls (unverifiable)"
+    tools = dict(tools)  # run_tool and verify_example take a plain dict
     calls = []
     for step in steps:
         tool = step["tool"].strip().lower()
@@ -126,7 +127,7 @@ def trace_to_row(trace: Mapping[str, Any], tools: Mapping[str, Tool]
         if observation.startswith("Error:"):
             return None, "tool error"
         # The recorded observation must still be what the real tool says today.
-        if run_tool(dict(tools), tool, argument) != observation:
+        if run_tool(tools, tool, argument) != observation:
             return None, "observation mismatch"
         thought = " ".join(step["thought"].split()) or f"I should use the {tool} tool."
         calls.append((thought, ToolCall(tool, argument), observation))
@@ -153,7 +154,7 @@ def trace_to_row(trace: Mapping[str, Any], tools: Mapping[str, Tool]
     problems = validate_row(row)
     if problems:
         return None, "invalid row"
-    problem = verify_example(row, dict(tools))
+    problem = verify_example(row, tools)
     if problem is not None:
         return None, problem.split(":")[0]
     return row, None

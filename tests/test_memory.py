@@ -155,7 +155,7 @@ def test_list_is_newest_first_with_paging(store: MemoryStore) -> None:
 
 def test_bad_input_is_rejected_and_nothing_written(store: MemoryStore) -> None:
     for text in ("", "   ", "x" * (MAX_MEMORY_CHARS + 1)):
-        with pytest.raises(ValueError, match="empty|more than"):
+        with pytest.raises(ValueError, match=r"empty|more than"):
             store.add("alice", text)
     with pytest.raises(ValueError, match="text 1"):
         store.add_many("alice", ["fine", "", "also fine"])
@@ -186,7 +186,8 @@ def test_add_many_batches_and_persists_across_restart(tmp_path: Path,
     SharedSystemClient.clear_system_cache()
     reopened = MemoryStore(settings, tmp_path, embedder=embedder)
     assert reopened.count("frank") == 5
-    assert reopened.search("frank", "baking", k=1)[0][0].text == "Frank is learning sourdough bread."
+    [(best, _)] = reopened.search("frank", "baking", k=1)
+    assert best.text == "Frank is learning sourdough bread."
 
     # And a real new process: listing needs no embedder, so it loads no model.
     script = (
@@ -206,3 +207,45 @@ def test_add_many_batches_and_persists_across_restart(tmp_path: Path,
 def test_collection_is_cosine_and_named(store: MemoryStore) -> None:
     collection = store._client.get_collection(COLLECTION_NAME)
     assert collection.configuration_json["hnsw"]["space"] == "cosine"
+
+
+@pytest.mark.server
+def test_http_client_against_a_local_chroma_server(tmp_path: Path, embedder: Embedder) -> None:
+    """The scale-out path: the same store through `chroma run` and HttpClient."""
+    import socket
+    import time
+    import urllib.request
+
+    chroma = Path(sys.executable).with_name("chroma")
+    if not chroma.exists():
+        pytest.skip("the chroma CLI is not installed beside this Python")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(chroma), "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1",
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("chroma run did not start within 60 s")
+                time.sleep(0.2)
+        settings = MemorySettings(chroma_url=f"http://127.0.0.1:{port}")
+        store = MemoryStore(settings, tmp_path, embedder=embedder)
+        assert store.location == settings.chroma_url
+        note = store.add("alice", "Alice's train leaves from platform 9.")
+        store.add("bob", "Bob's train leaves from platform 4.")
+        [(found, _)] = store.search("alice", "which platform is my train?", k=1)
+        assert found.id == note.id
+        assert store.delete("bob", note.id) is False and store.count("alice") == 1
+        assert not (tmp_path / "chroma").exists()  # nothing embedded was opened
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

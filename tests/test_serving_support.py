@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import pytest
@@ -73,3 +74,8 @@ def register_adapter(client: MlflowClient, adapter_dir: Path, name: str) -> Mode
     return register_candidate(client, Candidate(name, adapter_dir, run.info.run_id,
                                                 {"test_accuracy": 0.5},
                                                 {"member": name, "generation": 0}))
+
+
+def store_path(version: ModelVersion) -> Path:
+    """The version's artifact folder on disk (the local store's file:// source)."""
+    return Path(unquote(urlparse(version.source).path))
