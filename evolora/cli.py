@@ -7,11 +7,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from evolora.cli_common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    fail,
+    settings_or_exit,
+    state,
+)
 from evolora.logs import configure_logging
-from evolora.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(
     name="evolora",
@@ -22,7 +28,7 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and list base models (offline, from packaged GGUFs).",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
-from evolora.cli_registry import registry_app  # noqa: E402 (mounted right here)
+from evolora.cli_registry import registry_app  # noqa: E402
 
 app.add_typer(registry_app, name="registry")
 from evolora.cli_keys import keys_app  # noqa: E402
@@ -31,27 +37,6 @@ app.add_typer(keys_app, name="keys")
 data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-console = Console()
-# Errors are printed verbatim (no markup) and unwrapped, so paths and fixes stay whole.
-err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
-
-ConfigOption = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="A name in configs/ (tiny, demo, default) or a YAML "
-                 "path; default $EVOLORA_CONFIG or `default`."),
-]
-
-
-class CliState:
-    """Options given before the command, shared by every command."""
-
-    log_json: bool = False
-    log_level: str = "INFO"
-
-
-state = CliState()
-
 
 @app.callback()
 def main(
@@ -66,29 +51,12 @@ def main(
         raise fail(str(exc), "use --log-level DEBUG, INFO, WARNING or ERROR") from None
 
 
-def fail(message: str, fix: str = "") -> typer.Exit:
-    """Print a one-line cause (and fix) on stderr; return the Exit to raise."""
-    err_console.print(f"error: {message}", style="bold red")
-    if fix:
-        err_console.print(f"fix: {fix}")
-    return typer.Exit(code=2)
-
-
-def settings_or_exit(config: str | None) -> Settings:
-    """Load the settings, or exit 2 listing every problem of the config."""
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        err_console.print(f"error: {exc}")
-        raise typer.Exit(code=2) from None
-
-
 @models_app.command("prepare")
 def models_prepare(
     name: Annotated[str | None, typer.Argument(help="Packaged model; default: the config's "
                                                "model.base.")] = None,
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Turn a packaged GGUF into a bf16 Hugging Face folder (idempotent)."""
     from evolora.models import PACKAGED_MODELS, ModelError, prepare_model
@@ -117,7 +85,7 @@ def models_prepare(
 @models_app.command("list")
 def models_list(
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show packaged models and which are prepared."""
     from evolora.models import PACKAGED_MODELS, list_models
@@ -144,7 +112,7 @@ def models_list(
 @app.command()
 def doctor(
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Check Python, packages, device, GPU, RAM, disk, model, MLflow, Prefect and teachers."""
     from evolora.doctor import checks_as_json, run_checks
@@ -168,7 +136,7 @@ def doctor(
 @data_app.command("generate")
 def data_generate(
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Generate verified train/eval splits (and the frozen test set, once), log to MLflow."""
     from evolora.tracking import setup_mlflow
@@ -224,7 +192,7 @@ def eval_command(
         "--adapter", help="An adapter name under data/adapters or a folder; default: base.",
     )] = None,
     split: Annotated[str, typer.Option("--split", help="test or eval.")] = "test",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Evaluate the base model or an adapter on the frozen test set, logged to MLflow."""
     from agent.runtime import AdapterError, ModelRuntime

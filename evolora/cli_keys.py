@@ -13,28 +13,20 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from evolora.cli_common import ConfigOption, JsonOption, console, fail, settings_or_exit
+
 if TYPE_CHECKING:
     from serving.store import Store
 
-# evolora/cli.py imports this module to mount it, so evolora.cli's helpers (fail, console,
-# settings_or_exit) are imported inside the functions, as in cli_registry.py.
 
 keys_app = typer.Typer(help="API keys of the service: create, list, revoke.",
                        no_args_is_help=True)
-
-ConfigOption = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="A name in configs/ (tiny, demo, default) or a YAML "
-                 "path; default $EVOLORA_CONFIG or `default`."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _open_store(config: str | None) -> Store:
     """The config's store (serving.database_url, default SQLite in paths.data_dir)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from evolora.cli import fail, settings_or_exit
     from serving.store import Store
 
     settings = settings_or_exit(config)
@@ -64,7 +56,6 @@ def keys_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a key and print it once: only its hash is stored."""
-    from evolora.cli import fail
     from serving.store import StoreError
 
     store = _open_store(config)
@@ -86,7 +77,6 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Every key with its prefix, user and state; never the keys themselves."""
-    from evolora.cli import console
 
     store = _open_store(config)
     try:
@@ -114,7 +104,6 @@ def keys_revoke(
     as_json: JsonOption = False,
 ) -> None:
     """Revoke a key: requests with it are refused from now on."""
-    from evolora.cli import fail
     from serving.store import StoreError
 
     store = _open_store(config)

@@ -13,24 +13,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from evolora.cli_common import ConfigOption, JsonOption, console, fail, settings_or_exit
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from evolora.settings import Settings
 
-# evolora/cli.py imports this module to mount it, so evolora.cli's helpers (fail, console,
-# settings_or_exit) are imported inside the functions: a module-level import would be circular
-# whenever cli.py mounts the sub-app at its top.
 
 registry_app = typer.Typer(help="The MLflow model registry: versions, champion, rollback.",
                            no_args_is_help=True)
 
-ConfigOption = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="A name in configs/ (tiny, demo, default) or a YAML "
-                 "path; default $EVOLORA_CONFIG or `default`."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ModelOption = Annotated[str | None, typer.Option(
     "--model", "-m", help="Registered model name; default: the config's "
     "evolution.registry_model_name, else evolora-adapter.")]
@@ -39,7 +32,6 @@ ModelOption = Annotated[str | None, typer.Option(
 def _client_and_name(config: str | None, model: str | None
                      ) -> tuple[Settings, MlflowClient, str]:
     """The settings, an MLflow client on the config's store, and the model name."""
-    from evolora.cli import fail, settings_or_exit
     from evolora.tracking import setup_mlflow
     from tasks.registry import DEFAULT_MODEL_NAME
 
@@ -58,7 +50,6 @@ def _client_and_name(config: str | None, model: str | None
 
 def _registry_error(exc: Exception) -> typer.Exit:
     """A RegistryError (or MLflow error) as exit 2 with its cause and fix."""
-    from evolora.cli import fail
 
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return fail(first_line, getattr(exc, "fix", ""))
@@ -70,7 +61,6 @@ def registry_list(config: ConfigOption = None, model: ModelOption = None,
     """Every registered version, newest first, with aliases and test accuracy."""
     from mlflow.exceptions import MlflowException
 
-    from evolora.cli import console
     from tasks.registry import list_versions
 
     _, client, name = _client_and_name(config, model)
@@ -104,7 +94,6 @@ def registry_show(
     """One version: genealogy, metrics, checksums, aliases and the last gate decision."""
     from mlflow.exceptions import MlflowException
 
-    from evolora.cli import console
     from tasks.registry import RegistryError, describe_version, get_version
 
     _, client, name = _client_and_name(config, model)
@@ -145,7 +134,6 @@ def registry_promote(
     """Make VERSION the champion if it passes the gate against the current one."""
     from mlflow.exceptions import MlflowException
 
-    from evolora.cli import console
     from tasks.registry import RegistryError, promote
 
     settings, client, name = _client_and_name(config, model)
@@ -173,7 +161,6 @@ def registry_rollback(config: ConfigOption = None, model: ModelOption = None,
     """Make the previous champion the champion again (a second rollback undoes it)."""
     from mlflow.exceptions import MlflowException
 
-    from evolora.cli import console
     from tasks.registry import CHAMPION, PREVIOUS, RegistryError, get_alias, rollback
 
     _, client, name = _client_and_name(config, model)

@@ -34,7 +34,9 @@ CLIENTS = 4
 
 def test_champion_swaps_under_load_and_a_tampered_version_is_refused(
         tmp_path: Path, tiny_model_dir: Path) -> None:
-    settings = serving_settings(tmp_path, tiny_model_dir, poll_interval_s=3600)
+    # One local user without auth: a limit high enough for four clients in a loop.
+    settings = serving_settings(tmp_path, tiny_model_dir, poll_interval_s=3600,
+                                rate_limit_per_minute=1_000_000)
     client: MlflowClient = prepare_registry(settings, make_empty_db(tmp_path))
     versions = [str(register_adapter(client, save_tiny_adapter(tiny_model_dir,
                                                            tmp_path / f"adapter-{i}", seed=i),
@@ -60,19 +62,21 @@ def test_champion_swaps_under_load_and_a_tampered_version_is_refused(
                     results.append((reply.status_code, reply.headers.get("x-evolora-adapter",
                                                                           "")))
 
-        threads = [threading.Thread(target=load) for _ in range(CLIENTS)]
+        threads = [threading.Thread(target=load, daemon=True) for _ in range(CLIENTS)]
         for thread in threads:
             thread.start()
         reloads: list[dict[str, Any]] = []
-        with httpx.Client(base_url=url, timeout=60) as admin:
-            for swap in range(SWAPS):
-                target = versions[(swap + 1) % VERSIONS]
-                client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, target)
-                reload = admin.post("/admin/reload").json()
-                assert reload["version"] == target and reload["changed"], reload
-                reloads.append(reload)
-                time.sleep(0.2)  # let requests start on the new adapter
-        stop.set()
+        try:
+            with httpx.Client(base_url=url, timeout=60) as admin:
+                for swap in range(SWAPS):
+                    target = versions[(swap + 1) % VERSIONS]
+                    client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, target)
+                    reload = admin.post("/admin/reload").json()
+                    assert reload["version"] == target and reload["changed"], reload
+                    reloads.append(reload)
+                    time.sleep(0.2)  # let requests start on the new adapter
+        finally:
+            stop.set()
         for thread in threads:
             thread.join(60)
 

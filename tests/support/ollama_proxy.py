@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from types import TracebackType
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent.llama_server import EmbeddedLlamaServer
+from support.loopback import LoopbackServer
 
 OLLAMA_VERSION = "0.6.0"
 
@@ -42,8 +39,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-class OllamaProxy:
+class OllamaProxy(LoopbackServer):
     """The Ollama API on 127.0.0.1:<free port>, answered by `upstream` (a context manager)."""
+
+    thread_name = "ollama-proxy"
 
     def __init__(
         self,
@@ -60,65 +59,11 @@ class OllamaProxy:
         self.fixed_reply = fixed_reply
         self.delay_s = delay_s
         self.requests: list[dict[str, Any]] = []  # every /api/chat and /api/generate body
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self._stopping = threading.Event()
-        self.app = self._build_app()
+        super().__init__(self._build_app())
 
     @property
     def url(self) -> str:
-        if self._socket is None:
-            raise RuntimeError("the proxy is not running; use it as a context manager")
-        host, port = self._socket.getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> OllamaProxy:
-        self._stopping.clear()
-        # Binding the socket ourselves gives a free port with no race and a known URL at once.
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            self.app, log_level="warning", timeout_graceful_shutdown=1, lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [self._socket]},
-            daemon=True,
-            name="ollama-proxy",
-        )
-        self._thread.start()
-        deadline = time.perf_counter() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.perf_counter() > deadline:
-                raise RuntimeError("the Ollama proxy did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = None
-
-    def __enter__(self) -> OllamaProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self.root_url
 
     # -- the API ---------------------------------------------------------------------------
 

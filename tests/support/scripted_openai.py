@@ -17,17 +17,16 @@ Every request body is kept in `.requests`, so tests can check what the client se
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from support.loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -54,72 +53,22 @@ def system_prompt(body: dict[str, Any]) -> str:
     return ""
 
 
-class ScriptedOpenAI:
+class ScriptedOpenAI(LoopbackServer):
     """An OpenAI chat API on 127.0.0.1:<free port> whose replies come from `script`."""
+
+    thread_name = "scripted-openai"
 
     def __init__(self, script: Script, *, model: str = "scripted") -> None:
         self.script = script
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.app = self._build_app()
+        super().__init__(self._build_app())
 
     @property
     def base_url(self) -> str:
         """http://127.0.0.1:<port>/v1"""
-        if self._socket is None:
-            raise RuntimeError("the scripted server is not running; use it as a context manager")
-        host, port = self._socket.getsockname()[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> ScriptedOpenAI:
-        self._stopping.clear()
-        # Binding first gives a free port with no race and a known URL before serving.
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            self.app, log_level="warning", timeout_graceful_shutdown=1, lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [self._socket]},
-            daemon=True,
-            name="scripted-openai",
-        )
-        self._thread.start()
-        deadline = time.perf_counter() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.perf_counter() > deadline:
-                raise RuntimeError("the scripted OpenAI server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = None
-
-    def __enter__(self) -> ScriptedOpenAI:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return f"{self.root_url}/v1"
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
         with self._lock:
