@@ -34,6 +34,9 @@ app.add_typer(registry_app, name="registry")
 from evolora.cli_keys import keys_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")
+from evolora.cli_serve import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
 data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from evolora.cli import ConfigOption, fail, settings_or_exit, state
+from evolora.cli_common import ConfigOption, fail, settings_or_exit, state
 from evolora.settings import ServingSettings, Settings, describe_validation_errors
 
 
