@@ -5,6 +5,7 @@ and batched text generation that stops where the ReAct format says a tool must r
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,11 @@ class ModelRuntime:
         with self.lock:
             if name not in self.adapters:
                 raise AdapterError(f"no adapter named {name!r}")
-            self.model.delete_adapter(name)
+            if len(self.adapters) == 1:
+                # The last one: unwrap to the bare base model (PEFT cannot run empty).
+                self.model = self.model.unload()
+            else:
+                self.model.delete_adapter(name)
             del self.adapters[name]
             if self.active == name:
                 self.active = BASE_ADAPTER
@@ -136,6 +141,73 @@ class ModelRuntime:
             new_tokens = output[:, batch["input_ids"].shape[1]:]
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [cut_at_stop(text, stop or []) for text in texts]
+
+    def stream(self, prompt: str, *, adapter: str, max_new_tokens: int = 96,
+               stop: list[str] | None = None, temperature: float = 0.0, top_p: float = 1.0
+               ) -> Iterator[str]:
+        """Yield the reply to `prompt` piece by piece as `adapter` generates it.
+
+        Generation runs in a thread holding the model lock (with `adapter` active) from the
+        first token to the last; text that could be the start of a stop sequence is held
+        back until it is clear, so no stop sequence is ever emitted.
+        """
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
+                                        skip_special_tokens=True, timeout=600)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self.lock:
+                    self.use(adapter)
+                    self._generate_raw(prompt, max_new_tokens, stop, temperature, top_p,
+                                       streamer)
+            except BaseException as exc:  # surfaced to the reader below
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="evolora-stream", daemon=True)
+        worker.start()
+        stops = stop or []
+        hold = max((len(s) for s in stops), default=0)
+        text, sent = "", 0
+        for piece in streamer:
+            text += piece
+            cut = cut_at_stop(text, stops)
+            if len(cut) < len(text):  # a stop sequence appeared: end here
+                text = cut
+                break
+            safe = len(text) - hold
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        worker.join()
+        if failure:
+            raise failure[0]
+        if len(text) > sent:
+            yield text[sent:]
+
+    def _generate_raw(self, prompt: str, max_new_tokens: int, stop: list[str] | None,
+                      temperature: float, top_p: float, streamer: Any) -> None:
+        with torch.inference_mode():
+            batch = self.tokenizer([prompt], return_tensors="pt",
+                                   add_special_tokens=False).to(self.model.device)
+            kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
+                                      "do_sample": temperature > 0,
+                                      "pad_token_id": self.tokenizer.pad_token_id,
+                                      "streamer": streamer}
+            if temperature > 0:
+                kwargs.update(temperature=temperature, top_p=top_p)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            if stop:
+                kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+            if self.active == BASE_ADAPTER and self.adapters:
+                with self.model.disable_adapter():
+                    self.model.generate(**batch, **kwargs)
+            else:
+                self.model.generate(**batch, **kwargs)
 
     def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
         """The model's chat template for `messages`, opened for an assistant reply."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agent.runtime import ModelRuntime
@@ -55,18 +56,18 @@ def complete(runtime: ModelRuntime, loader: AdapterHotLoader, metrics: ServingMe
                       finish)
 
 
-def stream_pieces(runtime: ModelRuntime, text: str) -> list[str]:
-    """The reply cut at token boundaries, so a streamed reply arrives token by token."""
-    ids = runtime.tokenizer(text, add_special_tokens=False)["input_ids"]
-    pieces: list[str] = []
-    emitted = ""
-    for end in range(1, len(ids) + 1):
-        decoded = runtime.tokenizer.decode(ids[:end], skip_special_tokens=True)
-        # A multi-byte character spans tokens: wait until it decodes whole.
-        if decoded.endswith("\ufffd"):
-            continue
-        pieces.append(decoded[len(emitted):])
-        emitted = decoded
-    if emitted != text and text.startswith(emitted):
-        pieces.append(text[len(emitted):])
-    return [p for p in pieces if p] or ([text] if text else [])
+def stream_completion(runtime: ModelRuntime, loader: AdapterHotLoader, metrics: ServingMetrics,
+                      *, adapter: str, prompt: str, max_new_tokens: int, stop: list[str],
+                      temperature: float, top_p: float, done: Completion) -> Iterator[str]:
+    """Yield the reply's pieces live; fills `done` (tokens, finish) when generation ends."""
+    started = time.perf_counter()
+    text = ""
+    for piece in runtime.stream(prompt, adapter=adapter, max_new_tokens=max_new_tokens,
+                                stop=stop or None, temperature=temperature, top_p=top_p):
+        text += piece
+        yield piece
+    done.seconds = time.perf_counter() - started
+    done.text = text
+    done.completion_tokens = count_tokens(runtime, text)
+    done.finish_reason = "length" if done.completion_tokens >= max_new_tokens else "stop"
+    metrics.record_generation(adapter, done.completion_tokens, done.seconds)

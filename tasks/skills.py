@@ -552,6 +552,28 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
             ("Multiply {a} by {b}.", _mul),
             ("What is {a} divided by {b}?", _div),
             ("Divide {a} by {b}.", _div),
+            ("Compute {a} + {b}.", _add),
+            ("What do you get when you add {b} to {a}?", _add),
+            ("What is the total of {a} and {b}?", _add),
+            ("Increase {a} by {b}. What is the result?", _add),
+            ("Compute {a} - {b}.", _sub),
+            ("What is {a} less {b}?", _sub),
+            ("How much is left if you remove {b} from {a}?", _sub),
+            ("What is the difference between {a} and {b}?", _sub),
+            ("Calculate {a} * {b}.", _mul),
+            ("What is {a} multiplied by {b}?", _mul),
+            ("Multiply {b} and {a} together. What is their product?", _mul),
+            (
+                "There are {a} bags with {b} marbles in each. How many marbles are there in total?",
+                _mul,
+            ),
+            ("Calculate {a} / {b}.", _div),
+            ("What is the quotient when {a} is divided by {b}?", _div),
+            ("Split {a} into {b} equal parts. How big is each part?", _div),
+            (
+                "{a} liters of water are poured evenly into {b} jugs. How much goes in each jug?",
+                _div,
+            ),
         ],
         ("test", "easy"): [
             ("Find the sum of {a} and {b}.", _add),
@@ -568,6 +590,30 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
                 "many apples are left?",
                 _groups_minus,
             ),
+            ("Compute ({a} + {b}) * {c}.", _sum_then_multiply),
+            ("Multiply {c} by the total of {a} plus {b}.", _sum_then_multiply),
+            (
+                "{c} friends each pay {a} dollars plus {b} dollars. How much do they pay "
+                "altogether?",
+                _sum_then_multiply,
+            ),
+            ("What is {a} minus {b}, divided by {c}?", _subtract_then_divide),
+            ("Compute ({a} - {b}) / {c}.", _subtract_then_divide),
+            (
+                "A tank holds {a} liters. After {b} liters leak out, the rest is split evenly "
+                "into {c} barrels. How much goes in each barrel?",
+                _subtract_then_divide,
+            ),
+            ("Compute the arithmetic mean of {a}, {b} and {c}.", _average_of_three),
+            ("Three test scores are {a}, {b} and {c}. What is their average?", _average_of_three),
+            ("Add {a}, {b} and {c}, then divide by 3.", _average_of_three),
+            (
+                "{n} packs hold {a} pens each. After {b} pens are given away, how many pens "
+                "remain?",
+                _groups_minus,
+            ),
+            ("Multiply {n} by {a}, then subtract {b}.", _groups_minus),
+            ("What is {n} times {a}, minus {b}?", _groups_minus),
         ],
         ("test", "hard"): [
             (
@@ -587,6 +633,20 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
             ("Calculate {p} percent of {x}.", _percent_of),
             ("What is the percent change from {x} to {y}?", _percent_change),
             ("{a} is what percent of {b}?", _percent_ratio),
+            ("Find {p}% of {x}.", _percent_of),
+            ("Of {x}, what is {p}%?", _percent_of),
+            (
+                "A budget of {x} dollars puts {p}% toward rent. How many dollars is that?",
+                _percent_of,
+            ),
+            ("Work out {p} percent of the number {x}.", _percent_of),
+            ("A price goes from {x} to {y}. What is the percentage change?", _percent_change),
+            ("Find the percent change when {x} becomes {y}.", _percent_change),
+            ("Starting at {x} and ending at {y}, what is the change in percent?", _percent_change),
+            ("Express {a} as a percentage of {b}.", _percent_ratio),
+            ("What percent is {a} out of {b}?", _percent_ratio),
+            ("{a} out of {b} students passed the exam. What percent passed?", _percent_ratio),
+            ("Find what percent {a} is of {b}.", _percent_ratio),
         ],
         ("test", "easy"): [
             ("How much is {p} percent of {x}?", _percent_of),
@@ -603,6 +663,22 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
                 _two_increases,
             ),
             ("Take {p}% of {x} and add {y}.", _percent_plus),
+            ("Take {p}% off ${price}, then add {t}% tax. What is the total?", _discount_then_tax),
+            (
+                "A jacket listed at ${price} is discounted {p}% and then taxed at {t}%. Find the "
+                "price paid.",
+                _discount_then_tax,
+            ),
+            ("${price} minus {p}%, plus {t}% tax: what is the final amount?", _discount_then_tax),
+            ("Increase {x} by {p}%, then increase the result by {q}%.", _two_increases),
+            (
+                "A salary of {x} is raised by {p}%, and later by {q}%. What is the new salary?",
+                _two_increases,
+            ),
+            ("What is {x} after a {p}% rise followed by a {q}% rise?", _two_increases),
+            ("Find {p}% of {x}, then add {y} to it.", _percent_plus),
+            ("What is {y} more than {p}% of {x}?", _percent_plus),
+            ("Compute {p} percent of {x} plus {y}.", _percent_plus),
         ],
         ("test", "hard"): [
             (
@@ -631,6 +707,32 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
                 "A ${P} car loses {r}% of its value every year. What is it worth after {n} years?",
                 _compound_decay,
             ),
+            (
+                "Find the value of ${P} after {n} years at {r}% annual interest, compounded "
+                "yearly.",
+                _compound_growth,
+            ),
+            ("Compound ${P} at {r}% per year for {n} years. What is the result?", _compound_growth),
+            (
+                "A colony of {P} bacteria grows by {r}% each year. How many are there after {n} "
+                "years?",
+                _compound_growth,
+            ),
+            (
+                "{n} years of {r}% yearly growth, starting from {P}: what is the final value?",
+                _compound_growth,
+            ),
+            (
+                "A ${P} laptop loses {r}% of its value each year. How much is it worth in {n} "
+                "years?",
+                _compound_decay,
+            ),
+            (
+                "A population of {P} shrinks by {r}% every year. What is it after {n} years?",
+                _compound_decay,
+            ),
+            ("What is ${P} worth after {n} years if it falls {r}% per year?", _compound_decay),
+            ("Decrease {P} by {r}% a year, compounded, for {n} years.", _compound_decay),
         ],
         ("test", "easy"): [
             (
@@ -652,6 +754,33 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
                 "after {n} years?",
                 _balance_abroad,
             ),
+            (
+                "${P} is deposited at {r}% interest compounded yearly. How much interest is "
+                "earned after {n} years?",
+                _interest_earned,
+            ),
+            (
+                "Over {n} years at {r}% compounded yearly, how much does a ${P} deposit gain?",
+                _interest_earned,
+            ),
+            (
+                "Compute the compound interest on ${P} at {r}% a year for {n} years.",
+                _interest_earned,
+            ),
+            (
+                "A deposit of {P} USD grows {r}% a year, compounded, for {n} years. Convert the "
+                "final balance to {cur}.",
+                _balance_abroad,
+            ),
+            (
+                "How much is {P} USD in {cur} after {n} years of {r}% yearly compound growth?",
+                _balance_abroad,
+            ),
+            (
+                "Invest {P} USD at {r}% compounded annually for {n} years, then give the balance "
+                "in {cur}.",
+                _balance_abroad,
+            ),
         ],
         ("test", "hard"): [
             (
@@ -670,6 +799,14 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
             ("Convert {value} {src} to {dst}.", _convert_units),
             ("How many {dst} are in {value} {src}?", _convert_units),
             ("{value} {src} is how many {dst}?", _convert_units),
+            ("What is {value} {src} in {dst}?", _convert_units),
+            ("Change {value} {src} into {dst}.", _convert_units),
+            ("I have {value} {src}. How many {dst} is that?", _convert_units),
+            ("How much is {value} {src} in {dst}?", _convert_units),
+            ("Give {value} {src} as {dst}.", _convert_units),
+            ("Rewrite {value} {src} using {dst}.", _convert_units),
+            ("If something measures {value} {src}, what is that in {dst}?", _convert_units),
+            ("Turn {value} {src} into {dst}.", _convert_units),
         ],
         ("test", "easy"): [
             ("Express {value} {src} in {dst}.", _convert_units),
@@ -682,6 +819,27 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
             ),
             (
                 "Add up {k} amounts of {v} {src} each. How many {dst} is the total?",
+                _total_then_convert,
+            ),
+            (
+                "How much do {q} {units} of {item} cost if one {per} costs ${price}?",
+                _price_per_unit,
+            ),
+            (
+                "You need {q} {units} of {item}, priced at ${price} per {per}. What is the total "
+                "cost?",
+                _price_per_unit,
+            ),
+            ("Buy {q} {units} of {item} at ${price} per {per}. What do you pay?", _price_per_unit),
+            ("One {per} of {item} is ${price}. Find the cost of {q} {units}.", _price_per_unit),
+            ("Multiply {v} {src} by {k} and give the answer in {dst}.", _total_then_convert),
+            ("What is {k} times {v} {src}, in {dst}?", _total_then_convert),
+            (
+                "Take {k} portions of {v} {src} each and convert the total to {dst}.",
+                _total_then_convert,
+            ),
+            (
+                "Combine {k} equal amounts of {v} {src}. What does that come to in {dst}?",
                 _total_then_convert,
             ),
         ],
@@ -703,6 +861,18 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
             ("What was the date {n} days before {d}?", _before),
             ("How many days are there between {d1} and {d2}?", _days_between),
             ("What day of the week is {d}?", _weekday),
+            ("What is the date {n} days from {d}?", _after),
+            ("Starting from {d}, count forward {n} days. What is the date?", _after),
+            ("{d} plus {n} days is which date?", _after),
+            ("Subtract {n} days from {d}.", _before),
+            ("What date is {n} days earlier than {d}?", _before),
+            ("Go back {n} days from {d}. What is the date?", _before),
+            ("How many days separate {d1} and {d2}?", _days_between),
+            ("Find the number of days from {d1} until {d2}.", _days_between),
+            ("A trip starts on {d1} and ends on {d2}. How many days long is it?", _days_between),
+            ("Which day of the week was {d}?", _weekday),
+            ("Tell me the weekday of {d}.", _weekday),
+            ("Find the day of the week for {d}.", _weekday),
         ],
         ("test", "easy"): [
             ("Which date comes {n} days later than {d}?", _after),
@@ -716,6 +886,15 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
                 _daily_cost,
             ),
             ("What weekday is it {n} days after {d}?", _weekday_after),
+            ("Parking costs ${rate} per day. What is the charge from {d1} to {d2}?", _daily_cost),
+            ("At ${rate} a night, how much is a hotel stay between {d1} and {d2}?", _daily_cost),
+            (
+                "A storage unit rents for ${rate} daily. What is the rent from {d1} until {d2}?",
+                _daily_cost,
+            ),
+            ("Which weekday falls {n} days after {d}?", _weekday_after),
+            ("Add {n} days to {d}. What day of the week is that?", _weekday_after),
+            ("If today is {d}, what day of the week is it in {n} days?", _weekday_after),
         ],
         ("test", "hard"): [
             ("Renting a bike is ${rate} a day. How much for the period {d1} to {d2}?", _daily_cost),
@@ -727,6 +906,13 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
             ("Convert {x} {A} to {B}.", _exchange),
             ("How many {B} is {x} {A}?", _exchange),
             ("What is {x} {A} in {B}?", _exchange),
+            ("What does {x} {A} come to in {B}?", _exchange),
+            ("Change {x} {A} to {B}.", _exchange),
+            ("I have {x} {A}. How much is that in {B}?", _exchange),
+            ("How much is {x} {A} worth in {B}?", _exchange),
+            ("Turn {x} {A} into {B}.", _exchange),
+            ("{x} {A} converted to {B} is how much?", _exchange),
+            ("Using the exchange rate, convert {x} {A} into {B}.", _exchange),
         ],
         ("test", "easy"): [
             ("Exchange {x} {A} into {B}. How much do you get?", _exchange),
@@ -735,6 +921,19 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
         ("train", "hard"): [
             ("{k} tickets cost {x} {A} each. What is the total in {B}?", _items_abroad),
             ("Convert {x} {A} to {B} and add a {p}% fee. How much in {B}?", _exchange_with_fee),
+            ("A book costs {x} {A}. How much do {k} books cost in {B}?", _items_abroad),
+            ("Buy {k} shirts at {x} {A} each and pay in {B}. What is the total?", _items_abroad),
+            ("What is {k} times {x} {A}, converted to {B}?", _items_abroad),
+            ("{k} meals at {x} {A} apiece: what is the bill in {B}?", _items_abroad),
+            (
+                "A bank changes {x} {A} to {B} and charges {p}% on top. What is the total in {B}?",
+                _exchange_with_fee,
+            ),
+            (
+                "How much in {B} does it cost to convert {x} {A} with a {p}% fee added?",
+                _exchange_with_fee,
+            ),
+            ("Convert {x} {A} into {B}, then add a {p}% service charge.", _exchange_with_fee),
         ],
         ("test", "hard"): [
             ("You buy {k} items priced at {x} {A} apiece. How much is that in {B}?", _items_abroad),

@@ -12,7 +12,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from serving.deps import CallerDep, LoaderDep, RuntimeDep, ServicesDep, check_prompt_length
-from serving.generation import Completion, complete, stream_pieces
+from serving.generation import (
+    Completion,
+    chat_prompt,
+    complete,
+    count_tokens,
+    stream_completion,
+)
 from serving.hot_loader import UnknownModel
 from serving.schemas import (
     ChatCompletion,
@@ -37,6 +43,10 @@ async def chat_completions(body: ChatCompletionRequest, caller: CallerDep,
     check_prompt_length(services.settings, sum(len(m.text()) for m in body.messages))
     max_new = (body.max_tokens or body.max_completion_tokens
                or services.settings.model.max_new_tokens)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if body.stream:
+        return _stream(body, runtime, loader, services, max_new, completion_id, created)
     try:
         result = await run_in_threadpool(
             complete, runtime, loader, services.metrics, model=body.model,
@@ -44,14 +54,7 @@ async def chat_completions(body: ChatCompletionRequest, caller: CallerDep,
             temperature=body.temperature, top_p=body.top_p)
     except UnknownModel as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
     headers = {ADAPTER_HEADER: result.adapter}
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _sse_events(completion_id, created, body.model, result,
-                             stream_pieces(runtime, result.text), include_usage)
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     payload = ChatCompletion(
         id=completion_id, created=created, model=body.model,
         choices=[Choice(message=ChoiceMessage(content=result.text),
@@ -60,13 +63,40 @@ async def chat_completions(body: ChatCompletionRequest, caller: CallerDep,
     return Response(payload.model_dump_json(), media_type="application/json", headers=headers)
 
 
+def _stream(body: ChatCompletionRequest, runtime: RuntimeDep, loader: LoaderDep,
+            services: ServicesDep, max_new: int, completion_id: str, created: int
+            ) -> StreamingResponse:
+    """Server-sent events, token pieces as the model writes them (live, not replayed)."""
+    lease = loader.lease(body.model)
+    try:
+        adapter = lease.__enter__()
+    except UnknownModel as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    prompt = chat_prompt(runtime, body.messages)
+    done = Completion("", adapter, count_tokens(runtime, prompt), 0, 0.0, "stop")
+    pieces = stream_completion(runtime, loader, services.metrics, adapter=adapter,
+                               prompt=prompt, max_new_tokens=max_new, stop=body.stop_list(),
+                               temperature=body.temperature, top_p=body.top_p, done=done)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def events() -> Iterator[str]:
+        try:
+            yield from _sse_events(completion_id, created, body.model, done, pieces,
+                                   include_usage)
+        finally:  # the adapter is released however the client leaves
+            lease.__exit__(None, None, None)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={ADAPTER_HEADER: adapter})
+
+
 def _usage(result: Completion) -> Usage:
     return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                  total_tokens=result.prompt_tokens + result.completion_tokens)
 
 
 def _sse_events(completion_id: str, created: int, model: str, result: Completion,
-                pieces: list[str], include_usage: bool) -> Iterator[str]:
+                pieces: Iterator[str], include_usage: bool) -> Iterator[str]:
     def chunk(delta: dict[str, str], finish: str | None) -> str:
         data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                 "model": model, "evolora_adapter": result.adapter,

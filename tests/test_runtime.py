@@ -1,0 +1,71 @@
+"""The model runtime: adapters attached, switched and detached by name; live streaming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.runtime import BASE_ADAPTER, AdapterError, ModelRuntime
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model_dir: Path) -> ModelRuntime:
+    return ModelRuntime.load(str(tiny_model_dir), "float32", "cpu")
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # LoRA starts as a no-op; a random B makes it change the output
+            param.data.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    return out
+
+
+def logits(runtime: ModelRuntime) -> torch.Tensor:
+    ids = runtime.tokenizer("hello there", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        return runtime.model(input_ids=ids).logits
+
+
+def test_adapters_switch_by_name_and_base_is_untouched(runtime: ModelRuntime,
+                                                       adapter_dir: Path) -> None:
+    base = logits(runtime)
+    runtime.attach("a", adapter_dir)
+    runtime.use("a")
+    assert not torch.allclose(logits(runtime), base)
+    runtime.use(BASE_ADAPTER)
+    prompt = runtime.chat_prompt([{"role": "user", "content": "hi"}])
+    with_adapter_off = runtime.generate([prompt], max_new_tokens=5)
+    runtime.detach("a")
+    assert runtime.generate([prompt], max_new_tokens=5) == with_adapter_off
+    assert runtime.active == BASE_ADAPTER and runtime.adapters == {}
+
+
+def test_bad_adapter_names_and_folders_are_clear_errors(runtime: ModelRuntime,
+                                                        tmp_path: Path) -> None:
+    with pytest.raises(AdapterError, match="adapter_config.json"):
+        runtime.attach("x", tmp_path)
+    with pytest.raises(AdapterError, match="no adapter named 'missing'"):
+        runtime.use("missing")
+
+
+@pytest.mark.parametrize("stop", [None, ["\n"], ["the"]])
+def test_stream_yields_the_same_text_as_generate_and_never_a_stop(
+    runtime: ModelRuntime, stop: list[str] | None
+) -> None:
+    prompt = runtime.chat_prompt([{"role": "user", "content": "Tell me a story."}])
+    whole = runtime.generate([prompt], max_new_tokens=24, stop=stop)[0]
+    pieces = list(runtime.stream(prompt, adapter=BASE_ADAPTER, max_new_tokens=24, stop=stop))
+    assert "".join(pieces) == whole
+    for sequence in stop or []:
+        assert sequence not in "".join(pieces)
