@@ -156,7 +156,7 @@ def evaluate_member(settings: Settings, model_path: str, data: dict[str, Any],
     return result.metrics
 
 
-@flow(name="evolora-cycle", log_prints=True)
+@flow(name="evolora-cycle")
 def cycle_flow(config: str = "demo", new: bool = False) -> dict[str, Any]:
     """One self-improvement cycle; resumes the latest unfinished one unless `new`."""
     from evolora.models import base_model_checksum

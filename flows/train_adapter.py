@@ -76,7 +76,7 @@ def evaluate_candidates(settings: Settings, model_path: str, data: dict[str, Any
     return results
 
 
-@flow(name="train-adapter", log_prints=True)
+@flow(name="train-adapter")
 def train_adapter_flow(config: str = "demo", adapter_name: str = "adapter-0",
                        evaluate_base: bool = True) -> dict[str, Any]:
     """Generate data, train one adapter and compare it with the base model on the test set."""
