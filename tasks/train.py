@@ -189,6 +189,12 @@ def train_adapter(
         with start_step_run(f"train-{name}", parent_run_id, run_tags) as run:
             log_resolved_config(settings, {"name": name, "seed": seed, "max_steps": steps,
                                            "plan": plan.to_dict()})
+            if dataset_hashes and dataset_hashes.get("train"):
+                from tasks.data import log_dataset_to_mlflow
+
+                # This member's own rows (a specialist's subset), hashed as trained on.
+                log_dataset_to_mlflow(train_rows, f"train-{name}",
+                                      _rows_hash(train_rows), "training")
             started = time.perf_counter()
             output = trainer.train()
             wall = time.perf_counter() - started
@@ -225,6 +231,12 @@ def train_adapter(
         raise
     log.info("train.done", name=name, path=str(adapter_dir), **metrics)
     return TrainResult(name, adapter_dir, run.info.run_id, plan, metrics)
+
+
+def _rows_hash(rows: Any) -> str:
+    from tasks.data import dataset_hash
+
+    return dataset_hash(list(rows))
 
 
 def _save_adapter(model: Any, staging: Path, target: Path, manifest: dict[str, Any]) -> Path:

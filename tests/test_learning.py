@@ -75,6 +75,8 @@ def test_train_adapter_flow_writes_adapter_and_tracks_every_step(
     assert train_run.data.metrics["peak_rss_mb"] > 0
     assert train_run.data.metrics["train_tokens_per_s"] > 0
     assert train_run.data.params["train.rank"] == str(tiny_settings.train.rank)
+    trained_on = [i.dataset.name for i in train_run.inputs.dataset_inputs]
+    assert trained_on == ["train-a0"]
     artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in artifacts
     data_run = by_step[("data", None)]
