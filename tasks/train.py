@@ -7,9 +7,11 @@ only), then write the adapter folder atomically with its manifest and log it to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -196,7 +198,10 @@ def train_adapter(
                 log_dataset_to_mlflow(train_rows, f"train-{name}",
                                       _rows_hash(train_rows), "training")
             started = time.perf_counter()
-            output = trainer.train()
+            # The Trainer prints each log dict on stdout; stdout belongs to the CLI's output
+            # (`--json`), so those lines go to stderr with the progress bar.
+            with contextlib.redirect_stdout(sys.stderr):
+                output = trainer.train()
             wall = time.perf_counter() - started
             tokens = trainer.state.num_input_tokens_seen or 0
             metrics = {
