@@ -289,11 +289,14 @@ class Cycle:
             children = plan.model_dump()["children"]
             specialists = [m for m in population if m["recipe"].get("role") == "specialist"]
             if generation == 1 and len(specialists) >= 2:
-                # Always try composing the specialists (as LoraHub composes task adapters):
-                # cat keeps each parent's learned change exactly.
+                # Always try composing the specialists (as LoraHub composes task adapters).
+                # cat with weights 1/n is the exact mean of their deltas: the ReAct format,
+                # which every specialist learned, stays at full strength (a plain sum would
+                # apply it n times over), each skill's change at 1/n.
+                share = 1.0 / len(specialists)
                 children.append({"parents": [m["id"] for m in specialists],
                                  "combination_type": "cat",
-                                 "weights": [1.0] * len(specialists), "density": 0.5,
+                                 "weights": [share] * len(specialists), "density": 0.5,
                                  "mutation": {"kind": "none", "strength": 0.0},
                                  "specialist_merge": True})
             self.state.record(key, {"children": children, "record": record})
