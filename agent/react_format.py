@@ -188,7 +188,12 @@ def format_number(value: float | int | Decimal) -> str:
     if isinstance(value, int):
         return str(value)
     decimal = value if isinstance(value, Decimal) else Decimal(repr(float(value)))
-    rounded = decimal.quantize(_TWO_PLACES, rounding=ROUND_HALF_UP)
+    if not decimal.is_finite():
+        return str(decimal).lower()
+    try:
+        rounded = decimal.quantize(_TWO_PLACES, rounding=ROUND_HALF_UP)
+    except InvalidOperation:  # too many digits to keep two decimals (a model's 40-digit guess)
+        return format(decimal, "f")
     text = format(rounded, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
