@@ -53,7 +53,7 @@ def test_adapters_switch_by_name_and_base_is_untouched(runtime: ModelRuntime,
 
 def test_bad_adapter_names_and_folders_are_clear_errors(runtime: ModelRuntime,
                                                         tmp_path: Path) -> None:
-    with pytest.raises(AdapterError, match="adapter_config.json"):
+    with pytest.raises(AdapterError, match=r"adapter_config\.json"):
         runtime.attach("x", tmp_path)
     with pytest.raises(AdapterError, match="no adapter named 'missing'"):
         runtime.use("missing")
