@@ -18,6 +18,7 @@ from evolora.logs import get_logger
 log = get_logger(__name__)
 
 BASE_ADAPTER = "base"
+MIN_SAMPLING_TEMPERATURE = 1e-2
 
 
 class AdapterError(RuntimeError):
@@ -121,18 +122,7 @@ class ModelRuntime:
         with self.lock, torch.inference_mode():
             batch = self.tokenizer(prompts, return_tensors="pt", padding=True,
                                    add_special_tokens=False).to(self.model.device)
-            sampling = temperature > 0
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": max_new_tokens,
-                "do_sample": sampling,
-                "pad_token_id": self.tokenizer.pad_token_id,
-            }
-            if sampling:
-                kwargs.update(temperature=temperature, top_p=top_p)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            if stop:
-                kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+            kwargs = self._generation_kwargs(max_new_tokens, stop, temperature, top_p)
             if self.active == BASE_ADAPTER and self.adapters:
                 with self.model.disable_adapter():
                     output = self.model.generate(**batch, **kwargs)
@@ -193,21 +183,27 @@ class ModelRuntime:
         with torch.inference_mode():
             batch = self.tokenizer([prompt], return_tensors="pt",
                                    add_special_tokens=False).to(self.model.device)
-            kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
-                                      "do_sample": temperature > 0,
-                                      "pad_token_id": self.tokenizer.pad_token_id,
-                                      "streamer": streamer}
-            if temperature > 0:
-                kwargs.update(temperature=temperature, top_p=top_p)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            if stop:
-                kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+            kwargs = self._generation_kwargs(max_new_tokens, stop, temperature, top_p)
+            kwargs["streamer"] = streamer
             if self.active == BASE_ADAPTER and self.adapters:
                 with self.model.disable_adapter():
                     self.model.generate(**batch, **kwargs)
             else:
                 self.model.generate(**batch, **kwargs)
+
+    def _generation_kwargs(self, max_new_tokens: int, stop: list[str] | None,
+                           temperature: float, top_p: float) -> dict[str, Any]:
+        # A temperature near 0 divides the logits into inf/nan; it means greedy anyway.
+        sampling = temperature >= MIN_SAMPLING_TEMPERATURE
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sampling,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if sampling:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if stop:
+            kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+        return kwargs
 
     def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
         """The model's chat template for `messages`, opened for an assistant reply."""

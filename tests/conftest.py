@@ -58,3 +58,12 @@ def tiny_settings(
     monkeypatch.setenv("EVOLORA_PATHS__DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("EVOLORA_PATHS__MLRUNS_DIR", str(tmp_path / "mlruns"))
     return load_settings("tiny")
+
+
+@pytest.fixture(autouse=True)
+def default_logging() -> None:
+    """Each test starts with structlog's defaults, whatever an earlier test configured
+    (a level filter left behind would hide the events a test captures)."""
+    import structlog
+
+    structlog.reset_defaults()

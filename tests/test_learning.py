@@ -80,7 +80,8 @@ def test_train_adapter_flow_writes_adapter_and_tracks_every_step(
     artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in artifacts
     data_run = by_step[("data", None)]
-    contexts = {i.tags[0].value for i in data_run.inputs.dataset_inputs}
+    contexts = {tag.value for i in data_run.inputs.dataset_inputs for tag in i.tags
+                if tag.key == "mlflow.data.context"}
     assert contexts == {"training", "validation", "testing"}
     assert summary["test"]["base"]["test_accuracy"] == \
         by_step[("evaluate", "base")].data.metrics["test_accuracy"]

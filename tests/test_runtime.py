@@ -69,3 +69,11 @@ def test_stream_yields_the_same_text_as_generate_and_never_a_stop(
     assert "".join(pieces) == whole
     for sequence in stop or []:
         assert sequence not in "".join(pieces)
+
+
+def test_a_vanishing_temperature_is_greedy_not_a_crash(runtime: ModelRuntime) -> None:
+    prompt = runtime.chat_prompt([{"role": "user", "content": "hi"}])
+    greedy = runtime.generate([prompt], max_new_tokens=6)
+    assert runtime.generate([prompt], max_new_tokens=6, temperature=1e-300) == greedy
+    assert "".join(runtime.stream(prompt, adapter=BASE_ADAPTER, max_new_tokens=6,
+                                  temperature=1e-300, top_p=1e-300)) == greedy[0]
