@@ -457,6 +457,29 @@ def _verify_or_refuse(client: MlflowClient, model_name: str, version: ModelVersi
         raise
 
 
+def _judge(client: MlflowClient, model_name: str, version: str, *, margin: float,
+           tolerance: float, verify_dir: Path | None
+           ) -> tuple[ModelVersion, ModelVersion | None, GateDecision, bool]:
+    """Verify `version`, then judge it against the champion.
+
+    Returns (challenger, champion, decision, settled): `settled` when there is nothing to
+    move (it already is the champion); else `decision` is the gate's verdict. A checksum
+    failure tags the version refused and raises ChecksumMismatch.
+    """
+    challenger = get_version(client, model_name, str(version))
+    champion = get_alias(client, model_name, CHAMPION)
+    _verify_or_refuse(client, model_name, challenger, verify_dir, champion)
+    if champion is not None and str(champion.version) == str(challenger.version):
+        return challenger, champion, GateDecision(
+            False, [f"v{challenger.version} is already the champion"],
+            _label(challenger) or "", _label(champion), margin), True
+    decision = gate(version_metrics(challenger),
+                    version_metrics(champion) if champion is not None else None,
+                    margin=margin, tolerance=tolerance, challenger=_label(challenger) or "",
+                    champion=_label(champion))
+    return challenger, champion, decision, False
+
+
 def promote_if_better(client: MlflowClient, model_name: str, version: str, *, margin: float,
                       tolerance: float, verify_dir: Path | None = None) -> GateDecision:
     """The gate's decision on `version` vs the champion, applied to the aliases if it passes.
@@ -465,16 +488,10 @@ def promote_if_better(client: MlflowClient, model_name: str, version: str, *, ma
     temporary folder) and, when given, `verify_dir` (e.g. the folder just registered). A
     failure tags the version refused and raises ChecksumMismatch: it is never promoted.
     """
-    challenger = get_version(client, model_name, str(version))
-    champion = get_alias(client, model_name, CHAMPION)
-    _verify_or_refuse(client, model_name, challenger, verify_dir, champion)
-    if champion is not None and str(champion.version) == str(challenger.version):
-        return GateDecision(False, [f"v{challenger.version} is already the champion"],
-                            _label(challenger) or "", _label(champion), margin)
-    decision = gate(version_metrics(challenger),
-                    version_metrics(champion) if champion is not None else None,
-                    margin=margin, tolerance=tolerance, challenger=_label(challenger) or "",
-                    champion=_label(champion))
+    challenger, champion, decision, settled = _judge(
+        client, model_name, version, margin=margin, tolerance=tolerance, verify_dir=verify_dir)
+    if settled:
+        return decision
     if decision.promote:
         _move_champion(client, model_name, challenger.version, champion)
     # Tagged after the aliases move: a crash in between leaves an untagged champion, never
@@ -493,16 +510,10 @@ def promote(client: MlflowClient, model_name: str, version: str, *, force: bool 
     if not force:
         return promote_if_better(client, model_name, version, margin=margin,
                                  tolerance=tolerance, verify_dir=verify_dir)
-    challenger = get_version(client, model_name, str(version))
-    champion = get_alias(client, model_name, CHAMPION)
-    _verify_or_refuse(client, model_name, challenger, verify_dir, champion)
-    if champion is not None and str(champion.version) == str(challenger.version):
-        return GateDecision(False, [f"v{challenger.version} is already the champion"],
-                            _label(challenger) or "", _label(champion), margin)
-    advice = gate(version_metrics(challenger),
-                  version_metrics(champion) if champion is not None else None,
-                  margin=margin, tolerance=tolerance, challenger=_label(challenger) or "",
-                  champion=_label(champion))
+    challenger, champion, advice, settled = _judge(
+        client, model_name, version, margin=margin, tolerance=tolerance, verify_dir=verify_dir)
+    if settled:
+        return advice
     _move_champion(client, model_name, challenger.version, champion)
     verdict = "would have passed" if advice.promote else "would have refused"
     decision = GateDecision(True, ["forced by the operator; the gate " + verdict + ": "
