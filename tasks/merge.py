@@ -240,6 +240,22 @@ def _merge_with_peft(base_model_path: str, parents: list[Path], weights: list[fl
 
 # ---------------------------------------------------------------------------- mutations
 
+def _check_mutation(adapter_dir: Path, out_dir: Path, extra: list[str], what: str,
+                    base_model_path: str | None = None) -> str | None:
+    """Raise MergeError with every problem of a mutation's inputs; the base checksum, if any.
+
+    The base is checked (after the rest) only when `base_model_path` is given.
+    """
+    problems = _adapter_problems(adapter_dir, "adapter") + _validate_out_dir(out_dir,
+                                                                               [adapter_dir])
+    _raise_if(problems + extra, what)
+    if base_model_path is None:
+        return None
+    base_sha, base_problems = _check_same_base(base_model_path, [adapter_dir])
+    _raise_if(base_problems, what)
+    return base_sha
+
+
 def mutate_noise(adapter_dir: Path, out_dir: Path, *, strength: float, seed: int,
                  manifest_extra: dict[str, Any] | None = None) -> Path:
     """The folder `out_dir` holding `adapter_dir` with seeded relative Gaussian noise.
@@ -247,11 +263,9 @@ def mutate_noise(adapter_dir: Path, out_dir: Path, *, strength: float, seed: int
     Each LoRA factor t gets N(0, (strength * std(t))^2); no model is loaded.
     """
     adapter_dir = Path(adapter_dir)
-    problems = _adapter_problems(adapter_dir, "adapter") + _validate_out_dir(out_dir,
-                                                                               [adapter_dir])
-    if strength < 0:
-        problems.append(f"strength {strength} must be >= 0 (a multiple of each tensor's std)")
-    _raise_if(problems, "mutate with noise")
+    extra = ([f"strength {strength} must be >= 0 (a multiple of each tensor's std)"]
+             if strength < 0 else [])
+    _check_mutation(adapter_dir, out_dir, extra, "mutate with noise")
     config, state = _read_adapter(adapter_dir)
     parent = read_adapter_manifest(adapter_dir)
     recipe = {"kind": "mutation", "mutation": "noise", "parents": [str(adapter_dir)],
@@ -276,13 +290,9 @@ def mutate_rank(base_model_path: str, adapter_dir: Path, out_dir: Path, *, new_r
     moves with r and later training sees the same effective learning rate.
     """
     adapter_dir = Path(adapter_dir)
-    problems = _adapter_problems(adapter_dir, "adapter") + _validate_out_dir(out_dir,
-                                                                               [adapter_dir])
-    if new_rank < 1:
-        problems.append(f"new_rank {new_rank} must be >= 1")
-    _raise_if(problems, "change the rank")
-    base_sha, base_problems = _check_same_base(base_model_path, [adapter_dir])
-    _raise_if(base_problems, "change the rank")
+    extra = [f"new_rank {new_rank} must be >= 1"] if new_rank < 1 else []
+    base_sha = _check_mutation(adapter_dir, out_dir, extra, "change the rank",
+                               base_model_path)
 
     config, state = _read_adapter(adapter_dir)
     rslora = bool(config.get("use_rslora"))
@@ -348,15 +358,11 @@ def mutate_finetune(settings: Settings, base_model_path: str, adapter_dir: Path,
     from tasks.train import train_adapter
 
     adapter_dir = Path(adapter_dir)
-    problems = _adapter_problems(adapter_dir, "adapter") + _validate_out_dir(out_dir,
-                                                                               [adapter_dir])
-    if steps < 2:
-        # train_adapter warms up for at least one step from a learning rate of 0, so a
-        # 1-step run returns the parent unchanged.
-        problems.append(f"steps {steps} must be >= 2 (the first step is warm-up at lr 0)")
-    _raise_if(problems, "fine-tune")
-    _, base_problems = _check_same_base(base_model_path, [adapter_dir])
-    _raise_if(base_problems, "fine-tune")
+    # train_adapter warms up for at least one step from a learning rate of 0, so a 1-step
+    # run returns the parent unchanged.
+    extra = ([f"steps {steps} must be >= 2 (the first step is warm-up at lr 0)"]
+             if steps < 2 else [])
+    _check_mutation(adapter_dir, out_dir, extra, "fine-tune", base_model_path)
     config = json.loads((adapter_dir / CONFIG_FILE).read_text())
     recipe = {"kind": "mutation", "mutation": "finetune", "parents": [str(adapter_dir)],
               "steps": steps, "seed": seed, "rank": adapter_rank(config)}
