@@ -303,7 +303,8 @@ def print_cycle_summary(summary: dict) -> None:
     merge = summary.get("specialist_merge")
     if merge:
         parents = ", ".join(f"{k} {v:.2f}" for k, v in merge["parents"].items())
-        console.print(f"specialist merge {merge['id']}: {merge['accuracy']:.2f} vs parents "
+        console.print(f"specialist merge {merge['id']} ({merge.get('rule', 'mean')}): "
+                      f"{merge['accuracy']:.2f} vs parents "
                       f"{parents} (beats each: {merge['beats_each_parent']})", highlight=False)
     console.print(f"evolution moved test accuracy by {summary['evolution_gain']:+.2f} overall "
                   f"and {summary['evolution_gain_hard']:+.2f} on the hard level "

@@ -49,8 +49,9 @@ def _genealogy_tags(member: dict[str, Any], data: dict[str, Any], base_sha: str
 
 @task(name="train-member", retries=1, retry_delay_seconds=5)
 def train_member(settings: Settings, model_path: str, data: dict[str, Any], spec: dict[str, Any],
-                 adapters_dir: str, parent_run_id: str, tags: dict[str, str]) -> dict[str, Any]:
-    """Train one initial member on its data mix; returns its member record."""
+                 adapters_dir: str, parent_run_id: str, tags: dict[str, str],
+                 init_adapter: str | None = None) -> dict[str, Any]:
+    """Train one initial member on its data mix (continuing `init_adapter` if given)."""
     from tasks.data import load_split
     from tasks.population import rows_for_skills
     from tasks.train import train_adapter
@@ -60,11 +61,12 @@ def train_member(settings: Settings, model_path: str, data: dict[str, Any], spec
                                               "alpha": 2 * spec["rank"]})
     member_settings = settings.model_copy(update={"train": train})
     recipe = {"kind": "initial", "role": spec["role"], "skills": spec["skills"],
-              "seed": spec["seed"]}
+              "seed": spec["seed"], "steps": spec["steps"], "init_from": spec["init_from"]}
     result = train_adapter(member_settings, model_path, rows, Path(adapters_dir), spec["id"],
-                           seed=spec["seed"], max_steps=settings.evolution.member_steps,
+                           seed=spec["seed"], max_steps=spec["steps"],
                            tags=tags, dataset_hashes=data["hashes"],
                            parent_run_id=parent_run_id,
+                           init_adapter=Path(init_adapter) if init_adapter else None,
                            manifest_extra={"recipe": recipe, "parents": [], "generation": 0})
     return {"id": spec["id"], "adapter_dir": str(result.adapter_dir), "rank": spec["rank"],
             "generation": 0, "parents": [], "recipe": recipe, "train_run_id": result.run_id}
@@ -207,7 +209,9 @@ def cycle_flow(config: str = "demo", new: bool = False) -> dict[str, Any]:
             **cycle.champion_headline(client, promotion),
             "specialist_merge": cycle.specialist_merge_report(),
             "resumed": resumed,
-            "wall_s": round(time.perf_counter() - started, 1),
+            # All runs of this cycle (a resumed one included); this run's alone beside it.
+            "wall_s": round(state.work_s, 1),
+            "wall_s_this_run": round(time.perf_counter() - started, 1),
         }
         summary["evolution_gain"] = summary["champion"] - summary["best_initial"]
         summary["evolution_gain_hard"] = summary["champion_hard"] - summary["best_initial_hard"]
@@ -253,10 +257,13 @@ class Cycle:
         key = f"member/{spec.id}"
         if self.state.done(key) is None:
             record = {"id": spec.id, "generation": 0, "parents": [],
-                      "recipe": {"kind": "initial", "skills": spec.skills}}
+                      "recipe": {"kind": "initial", "skills": spec.skills,
+                                 "init_from": spec.init_from}}
+            init_adapter = (self.state.steps[f"member/{spec.init_from}"]["adapter_dir"]
+                            if spec.init_from else None)
             self.state.record(key, train_member(
                 self.settings, self.model_path, self.data, spec.to_dict(), self.adapters_dir,
-                self.parent_id, self.tags(record)))
+                self.parent_id, self.tags(record), init_adapter))
         return self.with_fitness(key)
 
     @contextmanager
@@ -279,6 +286,7 @@ class Cycle:
              llm_config: dict[str, Any] | None) -> dict[str, Any]:
         """The generation's breeding plan (agents, or the GA fallback), decided once."""
         from tasks.evolve import decide_plan
+        from tasks.population import specialist_merge_recipe
 
         key = f"plan/{generation}"
         if self.state.done(key) is None:
@@ -289,16 +297,13 @@ class Cycle:
             children = plan.model_dump()["children"]
             specialists = [m for m in population if m["recipe"].get("role") == "specialist"]
             if generation == 1 and len(specialists) >= 2:
-                # Always try composing the specialists (as LoraHub composes task adapters).
-                # cat with weights 1/n is the exact mean of their deltas: the ReAct format,
-                # which every specialist learned, stays at full strength (a plain sum would
-                # apply it n times over), each skill's change at 1/n.
-                share = 1.0 / len(specialists)
-                children.append({"parents": [m["id"] for m in specialists],
-                                 "combination_type": "cat",
-                                 "weights": [share] * len(specialists), "density": 0.5,
+                # Always try composing the specialists (as LoraHub composes task adapters);
+                # cat is exact on the deltas, see specialist_merge_recipe for the weights.
+                merge = specialist_merge_recipe(specialists)
+                children.append({"parents": merge["parents"], "combination_type": "cat",
+                                 "weights": merge["weights"], "density": 0.5,
                                  "mutation": {"kind": "none", "strength": 0.0},
-                                 "specialist_merge": True})
+                                 "specialist_merge": True, "merge_rule": merge["rule"]})
             self.state.record(key, {"children": children, "record": record})
         return self.state.steps[key]
 
@@ -320,6 +325,8 @@ class Cycle:
                                      parents, child_id, generation, self.adapters_dir,
                                      self.parent_id)
                 record["specialist_merge"] = bool(child_plan.get("specialist_merge"))
+                if record["specialist_merge"]:
+                    record["merge_rule"] = child_plan.get("merge_rule", "mean")
                 self.state.record(key, record)
             children.append(self.with_fitness(key))
         pool = population + children
@@ -376,7 +383,9 @@ class Cycle:
         parents = {p: self.scored(self.state.steps[f"member/{p}"], "test")["test_accuracy"]
                    for p in child["parents"]}
         accuracy = self.scored(child, "test")["test_accuracy"]
+        plan = child["recipe"]
         return {"id": child["id"], "accuracy": accuracy, "parents": parents,
+                "rule": child.get("merge_rule", "mean"), "weights": plan["weights"],
                 "beats_each_parent": all(accuracy > a for a in parents.values())}
 
 

@@ -29,6 +29,10 @@ class CycleState:
     parent_run_id: str | None = None
     started_at: float = field(default_factory=time.time)
     steps: dict[str, Any] = field(default_factory=dict)
+    # Seconds worked by earlier runs of this cycle, up to each one's last saved step (a
+    # killed run's time after that is lost, as is its unsaved work).
+    work_before_s: float = 0.0
+    _opened: float = field(default_factory=time.monotonic, repr=False)
 
     @classmethod
     def open(cls, cycles_dir: Path, *, new: bool = False) -> CycleState:
@@ -55,7 +59,7 @@ class CycleState:
     def load(cls, folder: Path) -> CycleState:
         data = json.loads((folder / STATE_FILE).read_text())
         return cls(data["cycle_id"], folder, data["status"], data.get("parent_run_id"),
-                   data["started_at"], data.get("steps", {}))
+                   data["started_at"], data.get("steps", {}), data.get("work_s", 0.0))
 
     @staticmethod
     def last_harvest_watermark(cycles_dir: Path) -> float | None:
@@ -74,6 +78,11 @@ class CycleState:
     def resumed(self) -> bool:
         return bool(self.steps)
 
+    @property
+    def work_s(self) -> float:
+        """Seconds this cycle has worked, over all its runs (resumes included)."""
+        return self.work_before_s + time.monotonic() - self._opened
+
     def done(self, step: str) -> Any | None:
         """The recorded result of `step`, or None if it has not finished."""
         return self.steps.get(step)
@@ -87,7 +96,7 @@ class CycleState:
     def save(self) -> None:
         data = {"cycle_id": self.cycle_id, "status": self.status,
                 "parent_run_id": self.parent_run_id, "started_at": self.started_at,
-                "steps": self.steps}
+                "work_s": round(self.work_s, 1), "steps": self.steps}
         handle, tmp = tempfile.mkstemp(dir=self.folder, prefix=".state-", suffix=".json")
         with os.fdopen(handle, "w") as out:
             json.dump(data, out, indent=2, default=str)

@@ -41,6 +41,7 @@ from agent.react_format import (
 from agent.tools import CURRENCY_ALIASES, UNIT_ALIASES, Tool, default_tools, run_tool
 from evolora.settings import DataSettings
 from tasks.skills import FINAL_THOUGHT, LEVELS, SKILLS, Problem
+from tasks.wording import reword
 
 Split = Literal["train", "eval", "test"]
 Paraphraser = Callable[[str], "str | None"]
@@ -86,6 +87,7 @@ class GenerationReport:
     paraphrase_accepted: int = 0
     paraphrase_rejected: int = 0
     paraphrase_rejected_reasons: dict[str, int] = field(default_factory=dict)
+    reworded: int = 0
     distinct_2: float = 0.0
     distinct_3: float = 0.0
     questions: list[str] = field(default_factory=list, repr=False)
@@ -103,6 +105,7 @@ class GenerationReport:
             self.drop(reason, count)
         self.paraphrase_accepted += other.paraphrase_accepted
         self.paraphrase_rejected += other.paraphrase_rejected
+        self.reworded += other.reworded
         for reason, count in other.paraphrase_rejected_reasons.items():
             reasons = self.paraphrase_rejected_reasons
             reasons[reason] = reasons.get(reason, 0) + count
@@ -174,12 +177,15 @@ def generate_examples(
     hard_fraction: float,
     paraphrase: Paraphraser | None = None,
     paraphrase_fraction: float = 1.0,
+    reword_fraction: float = 0.0,
     tools: dict[str, Tool] | None = None,
 ) -> tuple[list[dict[str, Any]], GenerationReport]:
     """`n` verified, deduplicated examples of one skill and the report of how they were made.
 
     The test split draws from the test wording pool, train and eval from the train pool.
     `round(n * hard_fraction)` examples are "hard" (two chained tool calls), the rest "easy".
+    Train and eval questions the teacher did not rewrite are reworded by rule with
+    probability `reword_fraction` (`tasks.wording`); test questions never are.
     """
     if skill not in SKILLS:
         raise ValueError(f"unknown skill {skill!r}; known skills: {', '.join(SKILLS)}")
@@ -190,6 +196,7 @@ def generate_examples(
     # String seeds hash deterministically (sha512), unlike hash() of a tuple across runs.
     rng = random.Random(f"{seed}:{skill}:{split}")
     paraphrase_rng = random.Random(f"{seed}:{skill}:{split}:paraphrase")
+    reword_rng = random.Random(f"{seed}:{skill}:{split}:reword")
     report = GenerationReport(split=split)
     examples: list[dict[str, Any]] = []
     seen = _DuplicateIndex()
@@ -213,6 +220,11 @@ def generate_examples(
                 else:
                     report.paraphrase_accepted += 1
                     question, source = rewritten, "paraphrased"
+            if split != "test" and source == "synthetic" and reword_rng.random() < reword_fraction:
+                reworded = reword(question, reword_rng, accept=_same_facts)
+                if reworded != question:
+                    question, source = reworded, "reworded"
+                    report.reworded += 1
             duplicate = seen.check(question)
             if duplicate:
                 report.drop(duplicate)
@@ -350,7 +362,8 @@ def question_facts(question: str) -> set[str]:
             facts.add(f"number:{format_number(float(raw.replace(',', '')))}")
         except ValueError:
             facts.add(f"number:{raw}")
-    lowered = f" {text.lower()} "
+    # "day of the week" names no quantity: its "day" and "week" are not units.
+    lowered = re.sub(r"\bday of the week\b", " ", f" {text.lower()} ")
     for word, fact in _QUANTITY_WORDS:
         pattern = re.escape(word) if not word[0].isalpha() else rf"\b{re.escape(word)}\b"
         # Presence, not count: "12 km ... km" states one fact. Matched words are blanked
@@ -375,6 +388,10 @@ def check_paraphrase(original: str, candidate: str | None) -> str | None:
     if question_facts(text) != question_facts(original):
         return "changed numbers, dates or units"
     return None
+
+
+def _same_facts(before: str, after: str) -> bool:
+    return check_paraphrase(before, after) is None
 
 
 def _try_paraphrase(paraphrase: Paraphraser, question: str) -> tuple[str | None, str]:
@@ -582,6 +599,7 @@ def _generate_split(
             hard_fraction=data.hard_fraction,
             paraphrase=paraphrase,
             paraphrase_fraction=data.paraphrase_fraction,
+            reword_fraction=data.reword_fraction,
             tools=tools,
         )
         rows.extend(examples)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Literal
 
@@ -108,7 +108,7 @@ def _sum_then_multiply(rng: random.Random) -> Problem:
     return Problem(
         {"a": str(a), "b": str(b), "c": str(c)},
         (
-            _calc(f"First add {a} and {b}.", f"{a} + {b}", total),
+            _calc(f"Add {a} and {b}, then multiply by {c}.", f"{a} + {b}", total),
             _calc(f"Now multiply by {c}.", f"{total} * {c}", total * c),
         ),
     )
@@ -121,7 +121,7 @@ def _subtract_then_divide(rng: random.Random) -> Problem:
     return Problem(
         {"a": str(a), "b": str(b), "c": str(c)},
         (
-            _calc(f"First subtract {b} from {a}.", f"{a} - {b}", rest),
+            _calc(f"Subtract {b} from {a}, then divide by {c}.", f"{a} - {b}", rest),
             _calc(f"Now divide by {c}.", f"{rest} / {c}", rest / c),
         ),
     )
@@ -133,7 +133,7 @@ def _average_of_three(rng: random.Random) -> Problem:
     return Problem(
         {"a": str(a), "b": str(b), "c": str(c)},
         (
-            _calc("First add the three numbers.", f"{a} + {b} + {c}", total),
+            _calc("Add the three numbers, then divide by 3.", f"{a} + {b} + {c}", total),
             _calc("Now divide the sum by 3.", f"{total} / 3", total / 3),
         ),
     )
@@ -146,7 +146,7 @@ def _groups_minus(rng: random.Random) -> Problem:
     return Problem(
         {"n": str(n), "a": str(a), "b": str(b)},
         (
-            _calc(f"First multiply {n} by {a}.", f"{n} * {a}", total),
+            _calc(f"Multiply {n} by {a}, then subtract {b}.", f"{n} * {a}", total),
             _calc(f"Now subtract {b}.", f"{total} - {b}", total - b),
         ),
     )
@@ -197,7 +197,9 @@ def _discount_then_tax(rng: random.Random) -> Problem:
         {"price": str(price), "p": _n(p), "t": str(t)},
         (
             _calc(
-                f"First take {_n(p)}% off.", f"{price} * (1 - {_n(p)} / 100)", price * (1 - p / 100)
+                f"Take {_n(p)}% off, then add {t}% tax.",
+                f"{price} * (1 - {_n(p)} / 100)",
+                price * (1 - p / 100),
             ),
             _calc(
                 f"Now add {t}% tax.", f"{reduced} * (1 + {t} / 100)", _num(reduced) * (1 + t / 100)
@@ -212,7 +214,9 @@ def _two_increases(rng: random.Random) -> Problem:
     return Problem(
         {"x": str(x), "p": str(p), "q": str(q)},
         (
-            _calc(f"First increase {x} by {p}%.", f"{x} * (1 + {p} / 100)", x * (1 + p / 100)),
+            _calc(
+                f"Increase {x} by {p}%, then by {q}%.", f"{x} * (1 + {p} / 100)", x * (1 + p / 100)
+            ),
             _calc(
                 f"Now increase that by {q}%.",
                 f"{first} * (1 + {q} / 100)",
@@ -228,7 +232,7 @@ def _percent_plus(rng: random.Random) -> Problem:
     return Problem(
         {"p": _n(p), "x": str(x), "y": str(y)},
         (
-            _calc(f"First find {_n(p)}% of {x}.", f"{_n(p)} * {x} / 100", p * x / 100),
+            _calc(f"Find {_n(p)}% of {x}, then add {y}.", f"{_n(p)} * {x} / 100", p * x / 100),
             _calc(f"Now add {y}.", f"{part} + {y}", _num(part) + y),
         ),
     )
@@ -237,11 +241,13 @@ def _percent_plus(rng: random.Random) -> Problem:
 # ---------------------------------------------------------------------------- compound
 
 
-def _grow(rng: random.Random, sign: str) -> tuple[dict[str, str], PlannedCall]:
+def _grow(
+    rng: random.Random, sign: str, thought: str = "Apply the yearly rate for each year."
+) -> tuple[dict[str, str], PlannedCall]:
     principal, rate, years = rng.randint(2, 200) * 50, rng.randint(1, 12), rng.randint(2, 10)
     factor = 1 + rate / 100 if sign == "+" else 1 - rate / 100
     expression = f"{principal} * (1 {sign} {rate} / 100) ** {years}"
-    call = _calc("Apply the yearly rate for each year.", expression, principal * factor**years)
+    call = _calc(thought, expression, principal * factor**years)
     return {"P": str(principal), "r": str(rate), "n": str(years)}, call
 
 
@@ -256,7 +262,7 @@ def _compound_decay(rng: random.Random) -> Problem:
 
 
 def _interest_earned(rng: random.Random) -> Problem:
-    slots, call = _grow(rng, "+")
+    slots, call = _grow(rng, "+", "Apply the yearly rate, then subtract the starting amount.")
     balance = call.observation
     return Problem(
         slots,
@@ -274,6 +280,7 @@ def _interest_earned(rng: random.Random) -> Problem:
 def _balance_abroad(rng: random.Random) -> Problem:
     slots, call = _grow(rng, "+")
     target = rng.choice(["EUR", "GBP", "CHF", "CAD"])
+    call = replace(call, thought=f"Apply the yearly rate, then convert to {target}.")
     value = exchange_value(_num(call.observation), "USD", target)
     exchange = PlannedCall(
         f"Convert to {target}.",
@@ -359,7 +366,12 @@ def _price_per_unit(rng: random.Random) -> Problem:
     priced, asked = rng.sample(_DIMENSIONS[dimension], 2)
     item = rng.choice(_GOODS[dimension])
     price, quantity = rng.randint(1, 40) / rng.choice([1, 2]), rng.randint(2, 60)
-    call = _convert_call(quantity, asked, priced, f"Convert {asked} to {priced} first.")
+    call = _convert_call(
+        quantity,
+        asked,
+        priced,
+        f"Convert {asked} to {priced}, then multiply by the price {_n(price)}.",
+    )
     amount = call.observation.split()[0]
     return Problem(
         {
@@ -387,7 +399,11 @@ def _total_then_convert(rng: random.Random) -> Problem:
     return Problem(
         {"k": str(count), "v": str(each), "src": _UNIT_WORDS[source], "dst": _UNIT_WORDS[target]},
         (
-            _calc(f"First multiply {count} by {each}.", f"{count} * {each}", total),
+            _calc(
+                f"Multiply {count} by {each}, then convert {source} to {target}.",
+                f"{count} * {each}",
+                total,
+            ),
             _convert_call(total, source, target, f"Convert {source} to {target}."),
         ),
     )
@@ -452,6 +468,7 @@ def _weekday(rng: random.Random) -> Problem:
 def _daily_cost(rng: random.Random) -> Problem:
     slots, call, days = _between_call(rng)
     rate = rng.randint(15, 300)
+    call = replace(call, thought=f"Count the days, then multiply by {rate}.")
     return Problem(
         {**slots, "rate": str(rate)},
         (call, _calc(f"Multiply {days} days by {rate}.", f"{days} * {rate}", days * rate)),
@@ -462,7 +479,10 @@ def _weekday_after(rng: random.Random) -> Problem:
     start, days = _random_date(rng), rng.randint(2, 400)
     end = start + timedelta(days=days)
     shift = PlannedCall(
-        f"First add {days} days.", "date", f"{start.isoformat()} + {days} days", end.isoformat()
+        f"Add {days} days, then find the weekday.",
+        "date",
+        f"{start.isoformat()} + {days} days",
+        end.isoformat(),
     )
     return Problem({"d": _show(rng, start), "n": str(days)}, (shift, _weekday_call(end)))
 
@@ -509,7 +529,11 @@ def _items_abroad(rng: random.Random) -> Problem:
     return Problem(
         {"k": str(count), "x": _n(price), "A": shown_source, "B": shown_target},
         (
-            _calc(f"First multiply {count} by {_n(price)}.", f"{count} * {_n(price)}", total),
+            _calc(
+                f"Multiply {count} by {_n(price)}, then convert {source} to {target}.",
+                f"{count} * {_n(price)}",
+                total,
+            ),
             _exchange_call(_num(_n(total)), source, target, f"Convert {source} to {target}."),
         ),
     )
@@ -518,7 +542,9 @@ def _items_abroad(rng: random.Random) -> Problem:
 def _exchange_with_fee(rng: random.Random) -> Problem:
     source, target, shown_source, shown_target = _currency_pair(rng)
     amount, fee = rng.randint(10, 2000), rng.choice([1, 1.5, 2, 2.5, 3, 4, 5])
-    call = _exchange_call(amount, source, target, f"First convert {source} to {target}.")
+    call = _exchange_call(
+        amount, source, target, f"Convert {source} to {target}, then add the {_n(fee)}% fee."
+    )
     converted = call.observation.split()[0]
     return Problem(
         {"x": str(amount), "A": shown_source, "B": shown_target, "p": _n(fee)},
@@ -679,6 +705,18 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
             ("Find {p}% of {x}, then add {y} to it.", _percent_plus),
             ("What is {y} more than {p}% of {x}?", _percent_plus),
             ("Compute {p} percent of {x} plus {y}.", _percent_plus),
+            (
+                "A ${price} lamp is marked down {p}% and then {t}% tax is charged. What is the "
+                "final cost?",
+                _discount_then_tax,
+            ),
+            ("Discount ${price} by {p}% and add {t}% tax on the result.", _discount_then_tax),
+            (
+                "{x} grows by {p}% and then by another {q}%. What is the final value?",
+                _two_increases,
+            ),
+            ("Raise {x} by {p}% and then raise the new value by {q}%.", _two_increases),
+            ("Calculate {p}% of {x} and then add {y}.", _percent_plus),
         ],
         ("test", "hard"): [
             (
@@ -781,6 +819,42 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
                 "in {cur}.",
                 _balance_abroad,
             ),
+            (
+                "A ${P} deposit earns {r}% a year, compounded yearly, for {n} years. How much did "
+                "it gain?",
+                _interest_earned,
+            ),
+            (
+                "Find the interest earned on ${P} at {r}% per year compounded annually over {n} "
+                "years.",
+                _interest_earned,
+            ),
+            (
+                "${P} grows at {r}% a year for {n} years, compounded. By how much does it rise?",
+                _interest_earned,
+            ),
+            (
+                "How much more than ${P} is the balance after {n} years at {r}% compounded yearly?",
+                _interest_earned,
+            ),
+            (
+                "{P} USD is invested at {r}% a year, compounded, for {n} years. What is the "
+                "balance in {cur}?",
+                _balance_abroad,
+            ),
+            (
+                "After {n} years at {r}% compounded yearly, what is a {P} USD deposit worth in "
+                "{cur}?",
+                _balance_abroad,
+            ),
+            (
+                "A {P} USD account grows {r}% each year for {n} years. How much is that in {cur}?",
+                _balance_abroad,
+            ),
+            (
+                "Grow {P} USD by {r}% a year for {n} years and convert the result to {cur}.",
+                _balance_abroad,
+            ),
         ],
         ("test", "hard"): [
             (
@@ -842,6 +916,36 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
                 "Combine {k} equal amounts of {v} {src}. What does that come to in {dst}?",
                 _total_then_convert,
             ),
+            (
+                "{k} containers each hold {v} {src}. What is the total in {dst}?",
+                _total_then_convert,
+            ),
+            ("How many {dst} are {k} batches of {v} {src}?", _total_then_convert),
+            (
+                "There are {k} pieces of {v} {src} each. What is their total in {dst}?",
+                _total_then_convert,
+            ),
+            ("{k} times {v} {src} equals how many {dst}?", _total_then_convert),
+            ("What do {k} sets of {v} {src} add up to, in {dst}?", _total_then_convert),
+            ("Work out {k} x {v} {src} and write the total in {dst}.", _total_then_convert),
+            (
+                "If {item} sells for ${price} per {per}, what would {q} {units} cost?",
+                _price_per_unit,
+            ),
+            (
+                "Find the price of {q} {units} of {item} when each {per} costs ${price}.",
+                _price_per_unit,
+            ),
+            (
+                "What is the cost of {q} {units} of {item} at a rate of ${price} per {per}?",
+                _price_per_unit,
+            ),
+            ("A shop sells {item} at ${price} a {per}. What do {q} {units} cost?", _price_per_unit),
+            (
+                "Each {per} of {item} is priced at ${price}. How much would you pay for {q} "
+                "{units}?",
+                _price_per_unit,
+            ),
         ],
         ("test", "hard"): [
             (
@@ -895,6 +999,35 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
             ("Which weekday falls {n} days after {d}?", _weekday_after),
             ("Add {n} days to {d}. What day of the week is that?", _weekday_after),
             ("If today is {d}, what day of the week is it in {n} days?", _weekday_after),
+            ("What day of the week will it be {n} days after {d}?", _weekday_after),
+            ("{n} days from {d}, what weekday is it?", _weekday_after),
+            (
+                "A project starts on {d} and lasts {n} days. On which weekday does it end?",
+                _weekday_after,
+            ),
+            (
+                "Count {n} days forward from {d}. Which day of the week do you land on?",
+                _weekday_after,
+            ),
+            ("Name the weekday that is {n} days past {d}.", _weekday_after),
+            (
+                "A parcel sent on {d} arrives {n} days later. On what weekday does it arrive?",
+                _weekday_after,
+            ),
+            ("A car rental is ${rate} per day. What does it cost from {d1} to {d2}?", _daily_cost),
+            (
+                "A daily fee of ${rate} applies from {d1} until {d2}. What is the total fee?",
+                _daily_cost,
+            ),
+            (
+                "How much do you pay for a boat at ${rate} per day, from {d1} to {d2}?",
+                _daily_cost,
+            ),
+            (
+                "Between {d1} and {d2}, a subscription charges ${rate} per day. What is the total?",
+                _daily_cost,
+            ),
+            ("A nurse earns ${rate} a day. How much is earned from {d1} to {d2}?", _daily_cost),
         ],
         ("test", "hard"): [
             ("Renting a bike is ${rate} a day. How much for the period {d1} to {d2}?", _daily_cost),
@@ -934,6 +1067,17 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
                 _exchange_with_fee,
             ),
             ("Convert {x} {A} into {B}, then add a {p}% service charge.", _exchange_with_fee),
+            ("{k} hats cost {x} {A} each. How much is that altogether in {B}?", _items_abroad),
+            ("What do {k} tickets at {x} {A} each cost in {B}?", _items_abroad),
+            ("Pay for {k} rooms at {x} {A} per room. What is the total in {B}?", _items_abroad),
+            (
+                "Exchanging {x} {A} to {B} has a {p}% fee. What is the total in {B}?",
+                _exchange_with_fee,
+            ),
+            (
+                "A {p}% fee is added when converting {x} {A} to {B}. How much is that in {B}?",
+                _exchange_with_fee,
+            ),
         ],
         ("test", "hard"): [
             ("You buy {k} items priced at {x} {A} apiece. How much is that in {B}?", _items_abroad),

@@ -65,9 +65,13 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
     state = json.loads((state_dir / STATE_FILE).read_text())
     initial_best = max(state["steps"][f"eval/g0-m{i}/eval"]["eval_accuracy"] for i in range(3))
     assert generation["best_fitness"] >= initial_best
-    # Two specialists were composed, and the report says how the merge compares.
+    # The specialists continued the generalist and were composed as the mean of their
+    # deltas; the report compares the merge with each of its parents.
+    for specialist in ("g0-m1", "g0-m2"):
+        assert state["steps"][f"member/{specialist}"]["recipe"]["init_from"] == "g0-m0"
     merge = summary["specialist_merge"]
     assert merge is not None and set(merge["parents"]) == {"g0-m1", "g0-m2"}
+    assert merge["rule"] == "mean (all continued g0-m0)" and merge["weights"] == [0.5, 0.5]
     # First cycle: no champion yet, so the gate promotes.
     assert summary["promoted"] is True
 
@@ -128,6 +132,9 @@ def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: 
     summary = json.loads((tmp_path / "second.json").read_text())
     assert summary["resumed"] is True
     assert summary["cycle_id"] == before["cycle_id"]
+    # wall_s counts the killed run's recorded work too, not just the resumed run.
+    assert summary["wall_s"] >= before["work_s"] + summary["wall_s_this_run"] - 1.0
+    assert before["work_s"] > 0
     assert {k: p.stat().st_mtime_ns for k, p in weights.items()} == mtimes, \
         "finished adapters must not be retrained"
     setup_mlflow(cycle_env)
@@ -140,3 +147,16 @@ def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: 
     assert len(initial_runs) == 3, "each initial member trained exactly once"
     after = json.loads(state_file.read_text())
     assert after["status"] == "done"
+
+
+def test_cycle_work_time_adds_up_over_runs(tmp_path: Path) -> None:
+    from tasks.cycle_state import CycleState
+
+    first = CycleState.open(tmp_path)
+    time.sleep(0.05)
+    first.record("data", {"rows": 1})
+    worked = json.loads((first.folder / STATE_FILE).read_text())["work_s"]
+    assert worked >= 0.05
+    resumed = CycleState.open(tmp_path)
+    assert resumed.cycle_id == first.cycle_id and resumed.work_before_s == worked
+    assert resumed.work_s >= worked

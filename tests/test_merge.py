@@ -455,3 +455,32 @@ def test_mutate_finetune_refuses_a_single_warm_up_step(
         mutate_finetune(tiny_settings, str(tiny_model_dir), adapters["a"], tmp_path / "child",
                         rows=[], steps=1, seed=0)
     assert leftovers(tmp_path) == []
+
+
+def test_task_arithmetic_with_a_negative_weight_adds_each_change_once(
+    adapters: dict[str, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Specialists continued from one generalist G (S_i = G + d_i, made here by combining
+    # real adapters) compose exactly as S_1 + S_2 - G = G + d_1 + d_2 through cat.
+    generalist = adapters["a"]
+    first = crossover(str(tiny_model_dir), [generalist, adapters["b"]], [1.0, 0.5], "cat",
+                      tmp_path / "s1")
+    second = crossover(str(tiny_model_dir), [generalist, adapters["r8"]], [1.0, 0.5], "cat",
+                       tmp_path / "s2")
+    out = crossover(str(tiny_model_dir), [first, second, generalist], [1.0, 1.0, -1.0], "cat",
+                    tmp_path / "merged")
+    g, b, r8 = (delta_weights(adapters[k]) for k in ("a", "b", "r8"))
+    assert_close_deltas(delta_weights(out), {n: g[n] + 0.5 * b[n] + 0.5 * r8[n] for n in g})
+
+
+@pytest.mark.parametrize(("init_from", "rule"), [
+    (["g0-m0", "g0-m0"], "mean (all continued g0-m0)"),
+    ([None, None], "mean"),
+])
+def test_specialists_merge_as_the_mean_of_their_deltas(init_from: list, rule: str) -> None:
+    from tasks.population import specialist_merge_recipe
+
+    members = [{"id": f"s{i}", "recipe": {"init_from": base}}
+               for i, base in enumerate(init_from)]
+    recipe = specialist_merge_recipe(members)
+    assert recipe == {"parents": ["s0", "s1"], "weights": [0.5, 0.5], "rule": rule}
