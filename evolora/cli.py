@@ -308,7 +308,7 @@ def print_cycle_summary(summary: dict) -> None:
                       f"{parents} (beats each: {merge['beats_each_parent']})", highlight=False)
     console.print(f"evolution moved test accuracy by {summary['evolution_gain']:+.2f} overall "
                   f"and {summary['evolution_gain_hard']:+.2f} on the hard level "
-                  f"(best initial -> champion); wall {summary['wall_s']:.0f} s",
+                  f"(best initial -> challenger); wall {summary['wall_s']:.0f} s",
                   highlight=False)
 
 

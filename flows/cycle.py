@@ -213,8 +213,11 @@ def cycle_flow(config: str = "demo", new: bool = False) -> dict[str, Any]:
             "wall_s": round(state.work_s, 1),
             "wall_s_this_run": round(time.perf_counter() - started, 1),
         }
-        summary["evolution_gain"] = summary["champion"] - summary["best_initial"]
-        summary["evolution_gain_hard"] = summary["champion_hard"] - summary["best_initial_hard"]
+        # What cross-over and mutation did this cycle: its best (the challenger) against the
+        # best initial member. The champion may be an older cycle's, if the gate refused.
+        summary["evolution_gain"] = summary["challenger"] - summary["best_initial"]
+        summary["evolution_gain_hard"] = (summary["challenger_hard"]
+                                          - summary["best_initial_hard"])
         mlflow.log_metrics({f"summary_{k}": float(v) for k, v in summary.items()
                             if isinstance(v, float)})
         mlflow.log_dict(summary, "cycle-summary.json")
