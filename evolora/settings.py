@@ -163,12 +163,13 @@ class EvolutionSettings(Section):
     ] = Field(default_factory=lambda: ["linear", "cat", "ties", "dare_ties"], min_length=1)
     mutation_std: float = Field(0.01, ge=0, description="Noise mutation strength, relative "
                                 "to each LoRA tensor's own std.")
-    member_steps: int | None = Field(None, gt=0, description="Training steps of each initial "
-                                     "member; None: train.max_steps.")
+    member_steps: int | None = Field(None, gt=0, description="Training steps of the generalist "
+                                     "(and of specialists without specialist_steps); None: "
+                                     "train.max_steps.")
     specialists_from_generalist: bool = Field(
         True, description="Specialists continue training the generalist (member 0) on their "
-        "skills, so their changes share one starting point and add up (task arithmetic); "
-        "false: each specialist is a fresh LoRA.")
+        "skills, so they share one starting point and their mean composes them; false: each "
+        "specialist is a fresh LoRA.")
     specialist_steps: int | None = Field(None, gt=0, description="Training steps of each "
                                          "specialist; None: member_steps.")
     # Two at least: training warms up from a learning rate of 0, so one step changes nothing.
