@@ -11,6 +11,7 @@ Everything here is plain and deterministic (no LLM, no network), so the AutoGen 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import random
 import re
@@ -37,6 +38,8 @@ DENSITY_TYPES = frozenset({"ties", "ties_svd", "dare_ties", "dare_linear", "magn
 MAX_PARENTS = 4
 MAX_WEIGHT = 2.0
 MAX_FINETUNE_STEPS = 50
+# Parent sets spelt out in the grammar before it falls back to an enum per parent count.
+MAX_SCHEMA_PARENT_SETS = 64
 
 
 @dataclass
@@ -206,44 +209,64 @@ def plan_json_schema(
 ) -> dict[str, Any]:
     """BreedingPlan's JSON schema narrowed to these members and types (for grammar decoding).
 
-    A server that constrains decoding to this schema can only name existing parents, allowed
-    types, one weight per parent and equal ranks where the type needs them; what a schema
-    cannot say (no parent twice, a mutation's own fields) is still checked by `validate_plan`.
+    A server that constrains decoding to this schema can only name existing parents, each
+    once, allowed types, one weight per parent and equal ranks where the type needs them;
+    what the schema does not say (a mutation's own fields, parent sets of a population too
+    large to spell out) is still checked by `validate_plan`.
     """
     schema = copy.deepcopy(BreedingPlan.model_json_schema())
     child = schema["$defs"].pop("ChildPlan")
     # Required, so that a small model states its choice instead of leaving a default to chance.
     child["required"] = ["parents", "combination_type", "weights", "mutation"]
-    # One variant per (rank group, parent count): the grammar itself then keeps one weight
-    # per parent and equal ranks for the types that need them.
+    # One variant per parent set: the grammar then keeps one weight per parent, equal ranks for
+    # the types that need them, and no parent twice (the embedded 135M breeder, left to an enum,
+    # wrote ["g0-m1", "g0-m2", "g0-m1"] in the demo). A large population would make that list
+    # explode, so past MAX_SCHEMA_PARENT_SETS it falls back to one variant per parent count.
     groups = [
         [m.id for m in members if m.rank == rank] for rank in sorted({m.rank for m in members})
     ]
+    # (member ids, types, whether only sets that mix ranks are wanted)
+    shapes = [(ids, list(allowed_types), False) for ids in groups]
     unequal = [t for t in allowed_types if t in UNEQUAL_RANK_TYPES]
-    shapes = [(ids, list(allowed_types)) for ids in groups]
     if unequal and len(groups) > 1:
-        shapes.append(([m.id for m in members], unequal))
+        shapes.append(([m.id for m in members], unequal, True))
     variants = []
-    for ids, types in shapes:
+    for ids, types, mixed_only in shapes:
         for count in range(1, min(MAX_PARENTS, len(ids)) + 1):
             variant = copy.deepcopy(child)
             props = variant["properties"]
             props["combination_type"] = {"type": "string", "enum": types}
-            props["parents"].update(
-                items={"type": "string", "enum": ids}, minItems=count, maxItems=count
-            )
             props["weights"].update(
                 items={"type": "number", "minimum": 0, "maximum": MAX_WEIGHT},
                 minItems=count,
                 maxItems=count,
             )
-            variants.append(variant)
+            for parents in _parent_sets(ids, count, groups if mixed_only else []):
+                one = copy.deepcopy(variant)
+                one["properties"]["parents"].pop("items", None)
+                one["properties"]["parents"].update(parents, minItems=count, maxItems=count)
+                variants.append(one)
     schema["properties"]["children"].update(
         items={"anyOf": variants}, minItems=n_children, maxItems=n_children
     )
     # A grammar-bound small model can otherwise fill its whole token budget with rationale.
     schema["properties"]["rationale"]["maxLength"] = 400
     return schema
+
+
+def _parent_sets(ids: list[str], count: int, skip_within: list[list[str]]) -> list[dict[str, Any]]:
+    """`parents` array schemas for `count` distinct parents from `ids`, in the order of `ids`.
+
+    Sets that lie inside one of `skip_within` are left out (offered by another variant).
+    """
+    sets = [
+        s for s in itertools.combinations(ids, count)
+        if not any(set(s) <= set(group) for group in skip_within)
+    ]
+    if len(sets) > MAX_SCHEMA_PARENT_SETS:
+        return [{"items": {"type": "string", "enum": ids}}]
+    # A tuple of consts; maxItems ends it (llama.cpp rejects JSON Schema's `"items": false`).
+    return [{"prefixItems": [{"const": member} for member in parent_set]} for parent_set in sets]
 
 
 # -- the table the agents read ----------------------------------------------------------------

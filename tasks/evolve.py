@@ -217,7 +217,9 @@ def _pick_plan(
     n_children: int,
     allowed_types: list[str],
 ) -> tuple[BreedingPlan | None, str]:
-    last_problems: list[str] = []
+    # Newest problems of each speaker: the critic's free text must not hide why the
+    # breeder's plans failed.
+    problems: dict[str, list[str]] = {}
     turns = [m for m in messages if m.get("name") in ("breeder", "critic")]
     approved = bool(turns) and turns[-1].get("name") == "critic"
     approved = approved and _is_approval(str(turns[-1].get("content") or ""))
@@ -231,16 +233,14 @@ def _pick_plan(
                 content, members, n_children=n_children, allowed_types=allowed_types
             )
         except PlanError as exc:
-            if not last_problems:
-                last_problems = exc.problems
+            problems.setdefault(message["name"], exc.problems)
             continue
         verdict = "approved by the critic" if approved else "not approved by the critic"
         return plan, f"valid plan from the {message['name']}, {verdict} ({len(turns)} turns)"
     if not turns:
         return None, "no agent replied"
-    return None, f"no valid plan in {len(turns)} turns; last problems: " + "; ".join(
-        last_problems[:5]
-    )
+    said = " | ".join(f"{name}: " + "; ".join(found[:3]) for name, found in problems.items())
+    return None, f"no valid plan in {len(turns)} turns; last problems, {said}"
 
 
 def decide_plan(

@@ -140,16 +140,23 @@ def test_plan_schema_exports_and_narrows_to_members() -> None:
     assert narrowed["properties"]["children"]["minItems"] == 2
     variants = narrowed["properties"]["children"]["items"]["anyOf"]
     ranks = {m.id: m.rank for m in members}
-    shapes = set()
+    shapes = []
     for variant in variants:
         props = variant["properties"]
-        ids, count = props["parents"]["items"]["enum"], props["parents"]["maxItems"]
-        assert props["weights"]["minItems"] == props["weights"]["maxItems"] == count
+        parents = props["parents"]
+        ids = tuple(item["const"] for item in parents["prefixItems"])
+        assert parents["minItems"] == parents["maxItems"] == len(ids)
+        assert props["weights"]["minItems"] == props["weights"]["maxItems"] == len(ids)
+        assert len(set(ids)) == len(ids)  # no parent twice, by construction
         if len({ranks[i] for i in ids}) > 1:  # mixed ranks: only types that merge them
             assert props["combination_type"]["enum"] == ["cat"]
-        shapes.add((tuple(ids), count))
-    assert (("m0", "m1", "m2"), 3) in shapes and (("m3",), 1) in shapes
-    assert (("m0", "m1", "m2", "m3"), 4) in shapes
+        else:
+            assert props["combination_type"]["enum"] == ["linear", "cat"]
+        shapes.append(ids)
+    # Every set of distinct parents, once: 7 within rank 8, m3 alone, 7 that mix ranks.
+    assert len(shapes) == len(set(shapes)) == 15
+    assert ("m0", "m1", "m2") in shapes and ("m3",) in shapes
+    assert ("m0", "m1", "m2", "m3") in shapes
     # The shared model schema is left as it was.
     assert (
         "enum"
@@ -157,6 +164,20 @@ def test_plan_schema_exports_and_narrows_to_members() -> None:
             "items"
         ]
     )
+
+
+def test_plan_schema_falls_back_to_an_enum_for_a_large_population() -> None:
+    members = make_members(ranks=[8] * 12)  # 12 + 66 + 220 + 495 parent sets
+    narrowed = plan_json_schema(members, n_children=1, allowed_types=["linear"])
+    parents = [v["properties"]["parents"] for v in narrowed["properties"]["children"]["items"]
+               ["anyOf"]]
+    # Single parents are spelt out; 2, 3 and 4 parents (66+ sets each) get one enum variant.
+    assert [p["prefixItems"][0]["const"] for p in parents if "prefixItems" in p] == [
+        m.id for m in members
+    ]
+    enums = [p for p in parents if "prefixItems" not in p]
+    assert [p["maxItems"] for p in enums] == [2, 3, 4]
+    assert all(p["items"]["enum"] == [m.id for m in members] for p in enums)
 
 
 def test_population_table_shows_fitness_skills_rank_and_lineage() -> None:
@@ -288,8 +309,9 @@ def test_agents_plan_approved_by_critic_is_used() -> None:
     breeder_request = server.requests[0]
     # The plan's schema went through ag2 as a json_schema response_format (grammar decoding).
     schema = breeder_request["response_format"]["json_schema"]["schema"]
-    first_shape = schema["properties"]["children"]["items"]["anyOf"][0]
-    assert first_shape["properties"]["parents"]["items"]["enum"] == ["m0", "m1", "m2"]
+    parent_sets = [v["properties"]["parents"]["prefixItems"]
+                   for v in schema["properties"]["children"]["items"]["anyOf"]]
+    assert [{"const": "m0"}, {"const": "m2"}] in parent_sets
     assert "| m3 | 0.700 |" in breeder_request["messages"][-1]["content"]
     assert "response_format" not in server.requests[1]
     decided = [e for e in logs if e["event"] == "evolve.plan_decided"]
@@ -323,7 +345,9 @@ def test_malformed_replies_fall_back_to_ga_and_log_why() -> None:
     plan, record, _, logs = run_decide(["I think m3 is nice.", "REVISE: no JSON", "{oops"])
     assert record["policy"] == "ga"
     assert "no valid plan in 4 turns" in record["reason"]
-    assert "no JSON object" in record["reason"]
+    # Each speaker's newest problem (the script repeats its last reply for the 4th turn).
+    assert "critic: the reply holds no JSON object (got '{oops')" in record["reason"]
+    assert "breeder: the reply holds no JSON object (got '{oops')" in record["reason"]
     assert plan.rationale.startswith("GA")
     warned = [e for e in logs if e["event"] == "evolve.agents_failed"]
     assert warned and "no valid plan" in warned[0]["reason"]
@@ -402,9 +426,9 @@ def test_grammar_constrained_breeder_reply_parses(llama: EmbeddedLlamaServer) ->
         max_rounds=1,  # the breeder only
     )
     # With one turn there is no critic: the reply came straight out of the grammar, so it is
-    # JSON of the plan's shape; only rules a schema cannot state (one weight per parent, equal
-    # ranks) may still fail.
+    # JSON of the plan's shape with distinct, existing parents and one weight each.
     assert not reason.startswith(("timeout", "exception")), reason
     assert "no JSON object" not in reason and "Field required" not in reason, reason
+    assert "listed twice" not in reason and "unknown member" not in reason, reason
     if plan is not None:
         assert {p for c in plan.children for p in c.parents} <= {m.id for m in members}
