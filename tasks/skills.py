@@ -1089,6 +1089,107 @@ TEMPLATES: dict[str, dict[tuple[Pool, Level], list[tuple[str, Recipe]]]] = {
     },
 }
 
+# A hand-written template ties its setup to its ask: "Starting from {d}, count forward {n}
+# days. What is the date?" teaches that "starting from" means a date shift, and a question that
+# starts alike but asks for the weekday is then shifted and answered with a date (the frozen
+# test set caught exactly that). Crossing each setup with each ask breaks the tie: only the ask
+# tells the plans apart, so the model has to read it. Train pool only; the test pool's
+# wordings stay unseen (tests/test_skills.py checks that no composed wording is a test one).
+# skill -> [(setups, [(ask, level, recipe)])]
+_COMPOSED: dict[str, list[tuple[tuple[str, ...], tuple[tuple[str, Level, Recipe], ...]]]] = {
+    "dates": [
+        (
+            (
+                "Start from {d} and count {n} days forward.",
+                "Take the date {d} and move {n} days ahead.",
+                "Today is {d}. Think of the day {n} days from now.",
+                "A trip begins on {d} and lasts {n} days.",
+                "Go {n} days past {d}.",
+            ),
+            (
+                ("What is the date?", "easy", _after),
+                ("Which date is that?", "easy", _after),
+                ("What day of the week is it then?", "hard", _weekday_after),
+                ("Which weekday is that?", "hard", _weekday_after),
+            ),
+        ),
+        (
+            (
+                "A rental runs from {d1} to {d2}.",
+                "Someone stays from {d1} until {d2}.",
+                "A job lasts from {d1} to {d2}.",
+            ),
+            (
+                ("How many days is that?", "easy", _days_between),
+                ("Count the days it covers.", "easy", _days_between),
+                ("At ${rate} a day, what is the total?", "hard", _daily_cost),
+                ("It is paid ${rate} per day. How much in all?", "hard", _daily_cost),
+            ),
+        ),
+        (
+            (
+                "Hiring a van is ${rate} a day.",
+                "A locker costs ${rate} per day.",
+                "A dog sitter charges ${rate} a day.",
+            ),
+            (
+                ("What is owed from {d1} to {d2}?", "hard", _daily_cost),
+                ("What do you pay for {d1} until {d2}?", "hard", _daily_cost),
+            ),
+        ),
+    ],
+    "compound": [
+        (
+            (
+                "{P} USD is invested for {n} years at {r}% a year, compounded.",
+                "A deposit of {P} USD earns {r}% per year, compounded yearly, for {n} years.",
+                "{P} USD grows by {r}% every year for {n} years.",
+                "An account holds {P} USD and gains {r}% each year, compounded, for {n} years.",
+            ),
+            (
+                ("What is the balance at the end?", "easy", _compound_growth),
+                ("How much is there after the last year?", "easy", _compound_growth),
+                ("What is the end balance in {cur}?", "hard", _balance_abroad),
+                ("How much is that in {cur}?", "hard", _balance_abroad),
+                ("How much interest does it earn?", "hard", _interest_earned),
+                ("By how much does it grow in total?", "hard", _interest_earned),
+            ),
+        ),
+    ],
+    "percent": [
+        (
+            (
+                "Take {p}% of {x}.",
+                "Work out {p} percent of {x}.",
+                "Start with {p}% of the number {x}.",
+            ),
+            (
+                ("What is the result?", "easy", _percent_of),
+                ("What number is that?", "easy", _percent_of),
+                ("Then add {y}. What is the result?", "hard", _percent_plus),
+                ("What is that plus {y}?", "hard", _percent_plus),
+            ),
+        ),
+        (
+            (
+                "A ${price} chair gets a {p}% discount,",
+                "With {p}% off, a ${price} bag is reduced,",
+                "A {p}% discount applies to a ${price} lamp,",
+            ),
+            (
+                ("and then {t}% tax is added. What is paid?", "hard", _discount_then_tax),
+                ("then {t}% tax goes on top. What is the final price?", "hard",
+                 _discount_then_tax),
+            ),
+        ),
+    ],
+}
+for _skill, _groups in _COMPOSED.items():
+    for _setups, _asks in _groups:
+        for _setup in _setups:
+            for _ask, _level, _recipe in _asks:
+                TEMPLATES[_skill][("train", _level)].append((f"{_setup} {_ask}", _recipe))
+
 _DESCRIPTIONS = {
     "arithmetic": "one or two calculator steps",
     "percent": "percentages, changes, discounts and tax",
