@@ -106,7 +106,12 @@ class DataSettings(Section):
     train_per_skill: int = Field(60, gt=0)
     eval_per_skill: int = Field(10, ge=0)
     test_per_skill: int = Field(10, gt=0)
+    # Share of hard (two-call) problems in the scored splits: eval (fitness) and the frozen test
+    # set, whose spec it is part of.
     hard_fraction: float = Field(0.5, ge=0, le=1)
+    # The training split's share, None = `hard_fraction`. Easy problems are learnt in a few
+    # dozen steps; the multi-step plans are what a small model needs more examples of.
+    train_hard_fraction: float | None = Field(None, ge=0, le=1)
     seed: int = 0
     test_seed: int = 1234
     paraphrase_fraction: float = Field(0.3, ge=0, le=1)

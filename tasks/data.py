@@ -596,7 +596,7 @@ def _generate_split(
             per_skill,
             split=split,
             seed=seed,
-            hard_fraction=data.hard_fraction,
+            hard_fraction=_hard_fraction(data, split),
             paraphrase=paraphrase,
             paraphrase_fraction=data.paraphrase_fraction,
             reword_fraction=data.reword_fraction,
@@ -606,6 +606,12 @@ def _generate_split(
         report.merge(skill_report)
     # Per-skill generation cannot see other skills' questions: deduplicate across them too.
     return deduplicate(rows, report)
+
+
+def _hard_fraction(data: DataSettings, split: Split) -> float:
+    if split == "train" and data.train_hard_fraction is not None:
+        return data.train_hard_fraction
+    return data.hard_fraction
 
 
 def _recount(report: GenerationReport, rows: list[dict[str, Any]]) -> None:
