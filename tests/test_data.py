@@ -197,6 +197,20 @@ def test_splits_are_disjoint_and_the_test_split_is_frozen(tmp_path: Path) -> Non
     assert again.hashes["train"] != bundle.hashes["train"]
 
 
+def test_train_hard_fraction_changes_the_training_mix_only(tmp_path: Path) -> None:
+    first = build_splits(small_settings(), tmp_path)
+    harder = build_splits(small_settings(train_hard_fraction=0.75), tmp_path)
+
+    def hard_share(split: Any) -> float:
+        return sum(level == "hard" for level in split["level"]) / len(split)
+
+    assert hard_share(first.train) == 0.5
+    assert hard_share(harder.train) == 0.75  # 9 of each skill's 12
+    assert hard_share(harder.eval) == 0.5  # fitness is scored like the test set
+    # The frozen test set's spec does not include the training mix: it is reused as it was.
+    assert harder.test_reused and harder.hashes["test"] == first.hashes["test"]
+
+
 def test_a_tampered_test_split_raises_instead_of_regenerating(tmp_path: Path) -> None:
     bundle = build_splits(small_settings(), tmp_path)
     rows = bundle.test.to_list()
