@@ -236,11 +236,8 @@ def plan_json_schema(
             variant = copy.deepcopy(child)
             props = variant["properties"]
             props["combination_type"] = {"type": "string", "enum": types}
-            props["weights"].update(
-                items={"type": "number", "minimum": 0, "maximum": MAX_WEIGHT},
-                minItems=count,
-                maxItems=count,
-            )
+            props["weights"].update(items=_GRID_WEIGHTS, minItems=count, maxItems=count)
+            props["density"] = {**props["density"], **_GRID_DENSITY}
             for parents in _parent_sets(ids, count, groups if mixed_only else []):
                 one = copy.deepcopy(variant)
                 one["properties"]["parents"].pop("items", None)
@@ -252,6 +249,14 @@ def plan_json_schema(
     # A grammar-bound small model can otherwise fill its whole token budget with rationale.
     schema["properties"]["rationale"]["maxLength"] = 400
     return schema
+
+
+# llama.cpp's grammar ignores minimum/maximum on a JSON number (the demo's breeder wrote a
+# weight of -1.1 under "minimum": 0), but it keeps to an enum: weights and densities are
+# offered on a grid of twentieths, which is finer than anything a plan needs.
+_GRID_WEIGHTS = {"type": "number",
+                 "enum": [round(0.05 * i, 2) for i in range(1, round(MAX_WEIGHT * 20) + 1)]}
+_GRID_DENSITY = {"type": "number", "enum": [round(0.05 * i, 2) for i in range(1, 21)]}
 
 
 def _parent_sets(ids: list[str], count: int, skip_within: list[list[str]]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from support.scripted_openai import Delay, Fail, ScriptedOpenAI, system_prompt
 
 from agent.llama_server import EmbeddedLlamaServer, default_gguf_path
 from evolora.settings import EvolutionSettings
-from tasks.breeding_plan import UNEQUAL_RANK_TYPES, plan_json_schema
+from tasks.breeding_plan import MAX_WEIGHT, UNEQUAL_RANK_TYPES, plan_json_schema
 from tasks.evolve import (
     BreedingPlan,
     Member,
@@ -147,6 +147,10 @@ def test_plan_schema_exports_and_narrows_to_members() -> None:
         ids = tuple(item["const"] for item in parents["prefixItems"])
         assert parents["minItems"] == parents["maxItems"] == len(ids)
         assert props["weights"]["minItems"] == props["weights"]["maxItems"] == len(ids)
+        # Numbers on a grid: llama.cpp's grammar keeps to an enum, not to minimum/maximum.
+        assert props["weights"]["items"]["enum"][0] == 0.05
+        assert props["weights"]["items"]["enum"][-1] == MAX_WEIGHT
+        assert all(0 < d <= 1 for d in props["density"]["enum"])
         assert len(set(ids)) == len(ids)  # no parent twice, by construction
         if len({ranks[i] for i in ids}) > 1:  # mixed ranks: only types that merge them
             assert props["combination_type"]["enum"] == ["cat"]
@@ -430,5 +434,6 @@ def test_grammar_constrained_breeder_reply_parses(llama: EmbeddedLlamaServer) ->
     assert not reason.startswith(("timeout", "exception")), reason
     assert "no JSON object" not in reason and "Field required" not in reason, reason
     assert "listed twice" not in reason and "unknown member" not in reason, reason
+    assert "is outside" not in reason, reason  # weights and density stay on their grids
     if plan is not None:
         assert {p for c in plan.children for p in c.parents} <= {m.id for m in members}
