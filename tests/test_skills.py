@@ -10,12 +10,12 @@ import pytest
 
 from agent.tools import default_tools
 from tasks.data import _example, normalize_question, verify_example
-from tasks.skills import _COMPOSED, SKILLS, TEMPLATES
+from tasks.skills import _COMPOSED, SKILLS, TEMPLATES, Recipe, Template
 
 TOOLS = default_tools()
 
 
-def _all_templates() -> list[tuple[str, str, str, object]]:
+def _all_templates() -> list[tuple[str, str, str, Template]]:
     return [
         (skill, pool, level, template)
         for skill, definition in SKILLS.items()
@@ -72,6 +72,6 @@ def test_composed_wordings_are_train_wordings_and_only_the_ask_picks_the_plan() 
     assert mixed_groups >= 3
 
 
-def _train_pairs(skill: str) -> list[tuple[str, object]]:
+def _train_pairs(skill: str) -> list[tuple[str, Recipe]]:
     return [pair for (pool, _), pairs in TEMPLATES[skill].items() if pool == "train"
             for pair in pairs]
