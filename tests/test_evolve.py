@@ -372,6 +372,23 @@ def test_http_500_falls_back_to_ga() -> None:
     assert len(server.requests) == 1  # max_retries=0: one deadline, no retries
 
 
+def test_a_server_that_rejects_the_schema_is_asked_again_without_it() -> None:
+    def script(body: dict[str, Any]) -> Any:
+        if "response_format" in body:
+            return Fail(400, "unsupported JSON schema keyword prefixItems")
+        return "APPROVE" if is_critic(body) else json.dumps(GOOD_PLAN)
+
+    plan, record, server, _ = run_decide(script)
+    assert record["policy"] == "agents", record
+    assert record["reason"].startswith("valid plan from the breeder, approved by the critic")
+    assert "asked without the schema after: exception: BadRequestError" in record["reason"]
+    assert "prefixItems" in record["reason"]
+    assert plan.children[1].combination_type == "cat"
+    # The refused request, then breeder and critic without a response_format.
+    assert len(server.requests) == 3
+    assert "response_format" not in server.requests[1]
+
+
 def test_unknown_parent_and_linear_on_unequal_ranks_are_rejected() -> None:
     bad = plan_dict(child(["m1", "ghost"]), child(["m2", "m3"], "linear"))
     _, record, _, _ = run_decide(lambda body: "APPROVE" if is_critic(body) else json.dumps(bad))
