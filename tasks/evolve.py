@@ -259,27 +259,23 @@ def decide_plan(
     if llm_config is None:
         reason = "no llm_config: agents not configured"
     else:
-        try:
-            plan, reason = propose_with_agents(
+        def ask(structured_output: bool) -> tuple[BreedingPlan | None, str]:
+            return propose_with_agents(
                 members,
                 n_children=n_children,
                 allowed_types=allowed,
                 llm_config=llm_config,
                 timeout_s=settings.llm_timeout_s,
                 max_rounds=max_rounds,
+                structured_output=structured_output,
             )
+
+        try:
+            plan, reason = ask(structured_output=True)
             if plan is None and reason.startswith("exception: BadRequestError"):
                 # A server whose grammar engine cannot take the plan's schema answers 400:
                 # ask once more without it (the reply is validated either way).
-                plan, retry = propose_with_agents(
-                    members,
-                    n_children=n_children,
-                    allowed_types=allowed,
-                    llm_config=llm_config,
-                    timeout_s=settings.llm_timeout_s,
-                    max_rounds=max_rounds,
-                    structured_output=False,
-                )
+                plan, retry = ask(structured_output=False)
                 reason = f"{retry} (asked without the schema after: {reason[:200]})"
         except Exception as exc:  # e.g. a malformed llm_config: the GA still breeds
             plan, reason = None, f"exception: {type(exc).__name__}: {str(exc)[:300]}"
