@@ -39,6 +39,7 @@ demo: install
 	$(EVOLORA) models prepare --config $(CONFIG)
 	$(EVOLORA) doctor --config $(CONFIG)
 	$(EVOLORA) cycle --config $(CONFIG) --new
+	$(PY) scripts/served_answer.py --config $(CONFIG)
 
 test: install
 	$(VENV)/bin/ruff check .
