@@ -177,6 +177,16 @@ class EvolutionSettings(Section):
         "specialist is a fresh LoRA.")
     specialist_steps: int | None = Field(None, gt=0, description="Training steps of each "
                                          "specialist; None: member_steps.")
+    specialist_merge: Literal["mean", "ties", "sum"] = Field(
+        "mean", description="How generation 1 composes the specialists. mean averages the "
+        "whole adapters; ties/sum merge what each learnt since the generalist it continued "
+        "(TIES-merging / task arithmetic, tasks.merge.merge_from_start). On the demo's 135M "
+        "specialists mean scored higher in 3 of 5 pairs. Fresh specialists "
+        "(specialists_from_generalist: false) always use mean.")
+    specialist_merge_weight: float = Field(
+        1.0, gt=0, le=2, description="Scale of each specialist's change in a ties/sum merge.")
+    specialist_merge_density: float = Field(
+        0.5, gt=0, le=1, description="ties: the fraction of each change's largest values kept.")
     # Two at least: training warms up from a learning rate of 0, so one step changes nothing.
     finetune_steps: int = Field(5, ge=2, description="Steps of a continued-training mutation.")
     use_agents: bool = Field(True, description="AutoGen agents plan each generation; false: "

@@ -35,7 +35,10 @@ def _genealogy_tags(member: dict[str, Any], data: dict[str, Any], base_sha: str
                     ) -> dict[str, str]:
     """The tags every candidate's runs carry: where it came from and on what data."""
     recipe = member.get("recipe", {})
+    # A merge of changes from a start member descends from that member too.
+    start = {"evolora.merge_start": recipe["start"]} if recipe.get("start") else {}
     return {
+        **start,
         "evolora.member": member["id"],
         "evolora.generation": str(member["generation"]),
         "evolora.parents": json.dumps(member.get("parents", [])),
@@ -84,14 +87,20 @@ def harvest_traces(settings: Settings, data: dict[str, Any], since: float | None
 @task(name="breed-child", retries=1, retry_delay_seconds=5)
 def breed_child(settings: Settings, model_path: str, data: dict[str, Any],
                 child_plan: dict[str, Any], parents: list[dict[str, Any]], child_id: str,
-                generation: int, adapters_dir: str, parent_run_id: str) -> dict[str, Any]:
-    """Cross the parents as planned, then apply the planned mutation; returns the record."""
+                generation: int, adapters_dir: str, parent_run_id: str,
+                start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Cross the parents as planned, then apply the planned mutation; returns the record.
+
+    A plan with a `start` (the member the parents continued) merges the parents' changes
+    from it (`merge_from_start`); any other plan goes through PEFT's weighted merges.
+    """
     import shutil
 
     from tasks.data import load_split
     from tasks.merge import (
         adapter_rank,
         crossover,
+        merge_from_start,
         mutate_finetune,
         mutate_noise,
         mutate_rank,
@@ -103,6 +112,8 @@ def breed_child(settings: Settings, model_path: str, data: dict[str, Any],
     recipe = {"kind": "child", "combination_type": child_plan["combination_type"],
               "weights": child_plan["weights"], "density": child_plan.get("density", 0.5),
               "mutation": mutation}
+    if start is not None:
+        recipe["start"] = start["id"]
     # The merge functions write their own `recipe`; the cycle's view goes beside it.
     lineage = {"lineage": {"member": child_id, "generation": generation,
                            "parents": [p["id"] for p in parents], "plan": recipe}}
@@ -110,10 +121,17 @@ def breed_child(settings: Settings, model_path: str, data: dict[str, Any],
     crossed = parent_dirs[0]
     if len(parent_dirs) > 1:
         target = out if kind == "none" else out.with_name(f"{out.name}-crossed")
-        crossed = crossover(model_path, parent_dirs, [float(w) for w in child_plan["weights"]],
-                            child_plan["combination_type"], target,
-                            density=float(child_plan.get("density", 0.5)),
-                            manifest_extra=lineage)
+        weights = [float(w) for w in child_plan["weights"]]
+        density = float(child_plan.get("density", 0.5))
+        if start is not None:
+            method = child_plan["combination_type"].removesuffix("_from_start")
+            crossed = merge_from_start(model_path, Path(start["adapter_dir"]), parent_dirs,
+                                       target, method=method, weights=weights,
+                                       density=density, manifest_extra=lineage)
+        else:
+            crossed = crossover(model_path, parent_dirs, weights,
+                                child_plan["combination_type"], target, density=density,
+                                manifest_extra=lineage)
     seed = settings.train.seed + 100 * generation + len(child_id)
     if kind == "noise":
         strength = float(mutation.get("strength") or settings.evolution.mutation_std)
@@ -300,13 +318,14 @@ class Cycle:
             children = plan.model_dump()["children"]
             specialists = [m for m in population if m["recipe"].get("role") == "specialist"]
             if generation == 1 and len(specialists) >= 2:
-                # Always try composing the specialists (as LoraHub composes task adapters);
-                # cat is exact on the deltas, see specialist_merge_recipe for the weights.
-                merge = specialist_merge_recipe(specialists)
-                children.append({"parents": merge["parents"], "combination_type": "cat",
-                                 "weights": merge["weights"], "density": 0.5,
-                                 "mutation": {"kind": "none", "strength": 0.0},
-                                 "specialist_merge": True, "merge_rule": merge["rule"]})
+                # Always try composing the specialists (as LoraHub composes task adapters).
+                evo = self.settings.evolution
+                merge = specialist_merge_recipe(specialists, evo.specialist_merge,
+                                                evo.specialist_merge_weight,
+                                                evo.specialist_merge_density)
+                rule = merge.pop("rule")
+                children.append({**merge, "mutation": {"kind": "none", "strength": 0.0},
+                                 "specialist_merge": True, "merge_rule": rule})
             self.state.record(key, {"children": children, "record": record})
         return self.state.steps[key]
 
@@ -324,9 +343,11 @@ class Cycle:
             key = f"member/{child_id}"
             if self.state.done(key) is None:
                 parents = [by_id[p] for p in child_plan["parents"]]
+                start = child_plan.get("start")
                 record = breed_child(self.settings, self.model_path, self.data, child_plan,
                                      parents, child_id, generation, self.adapters_dir,
-                                     self.parent_id)
+                                     self.parent_id,
+                                     self.state.steps[f"member/{start}"] if start else None)
                 record["specialist_merge"] = bool(child_plan.get("specialist_merge"))
                 if record["specialist_merge"]:
                     record["merge_rule"] = child_plan.get("merge_rule", "mean")

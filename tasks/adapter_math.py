@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,33 +128,74 @@ def add_noise(state: Mapping[str, torch.Tensor], strength: float, seed: int
     return noisy
 
 
-def change_rank(module: LoraModule, new_rank: int, new_scaling: float,
-                generator: torch.Generator | None = None) -> LoraModule:
-    """Factors of rank `new_rank` whose delta is the best rank-k approximation of `module`'s.
+def factorize(delta: torch.Tensor, rank: int, scaling: float, *, kept: int | None = None,
+              generator: torch.Generator | None = None) -> LoraModule:
+    """Rank-`rank` LoRA factors whose `scaling * b @ a` is the best approximation of `delta`.
 
-    By Eckart-Young the truncated SVD of the delta is optimal in the Frobenius norm; the
-    error is the norm of the dropped singular values. The singular values are split evenly
-    (sqrt) between A and B so neither factor dominates later training. When the rank grows,
-    the components beyond the old rank carry no signal: those A rows get a small random init
+    By Eckart-Young the truncated SVD is optimal in the Frobenius norm; the error is the norm
+    of the dropped singular values. The singular values are split evenly (sqrt) between A
+    and B so neither factor dominates later training. Only the first `kept` components
+    (default: all that fit) carry signal; beyond them the A rows get a small random init
     (PEFT's Kaiming-uniform bound) and the B columns zeros, so the delta is unchanged but
-    the new capacity can still learn (both zero would give zero gradients to both).
+    the spare capacity can still learn (both zero would give zero gradients to both).
     """
-    if new_rank < 1:
-        raise ValueError(f"new_rank must be >= 1, got {new_rank}")
-    delta = module.delta().double()
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    # float32: a float64 SVD takes ~4x as long, and adapters are saved in bf16 or fp32.
+    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
     out_features, in_features = delta.shape
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    kept = min(new_rank, module.rank, s.shape[0])
-    root = torch.sqrt(s[:kept] / new_scaling)
-    a = torch.zeros(new_rank, in_features, dtype=torch.float64)
-    b = torch.zeros(out_features, new_rank, dtype=torch.float64)
+    kept = min(rank, s.shape[0], s.shape[0] if kept is None else kept)
+    root = torch.sqrt(s[:kept] / scaling)
+    a = torch.zeros(rank, in_features)
+    b = torch.zeros(out_features, rank)
     a[:kept] = root[:, None] * vh[:kept]
     b[:, :kept] = u[:, :kept] * root[None, :]
-    if new_rank > kept:
+    if rank > kept:
         bound = 1 / math.sqrt(in_features)
-        fresh = torch.rand(new_rank - kept, in_features, generator=generator, dtype=torch.float64)
+        fresh = torch.rand(rank - kept, in_features, generator=generator)
         a[kept:] = (2 * fresh - 1) * bound
-    return LoraModule(a.to(module.a.dtype), b.to(module.b.dtype), new_scaling)
+    return LoraModule(a, b, scaling)
+
+
+def change_rank(module: LoraModule, new_rank: int, new_scaling: float,
+                generator: torch.Generator | None = None) -> LoraModule:
+    """Factors of rank `new_rank` whose delta is the best rank-k approximation of `module`'s
+    (see `factorize`; growing the rank adds capacity, not signal)."""
+    if new_rank < 1:
+        raise ValueError(f"new_rank must be >= 1, got {new_rank}")
+    factors = factorize(module.delta(), new_rank, new_scaling, kept=module.rank,
+                        generator=generator)
+    return LoraModule(factors.a.to(module.a.dtype), factors.b.to(module.b.dtype), new_scaling)
+
+
+def ties_combine(task_vectors: Sequence[torch.Tensor], weights: Sequence[float],
+                 density: float) -> torch.Tensor:
+    """TIES-merging (Yadav et al., 2023) of dense task vectors of one shape.
+
+    Each weighted vector keeps its `density` fraction of largest magnitudes (trim); each
+    entry's sign is the sign of the kept values' sum (elect); the result averages only the
+    kept values that agree with it (disjoint mean). What the vectors learnt in common is
+    averaged, not added n times over, and what only one of them learnt keeps its full size.
+    """
+    if not task_vectors:
+        raise ValueError("ties_combine needs at least one task vector")
+    if len(weights) != len(task_vectors):
+        raise ValueError(f"{len(weights)} weights for {len(task_vectors)} task vectors")
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density {density} is outside (0, 1]; it is the fraction kept")
+    stacked = torch.stack([float(w) * t.float() for w, t in zip(weights, task_vectors,
+                                                                   strict=True)])
+    flat = stacked.reshape(len(task_vectors), -1)
+    n_kept = max(1, round(density * flat.shape[1]))
+    if n_kept < flat.shape[1]:
+        # The n_kept-th largest magnitude of each vector is its threshold.
+        threshold = flat.abs().topk(n_kept, dim=1).values[:, -1:]
+        flat = torch.where(flat.abs() >= threshold, flat, torch.zeros_like(flat))
+    sign = torch.sign(flat.sum(dim=0))
+    agrees = (torch.sign(flat) == sign) & (flat != 0)
+    total = torch.where(agrees, flat, torch.zeros_like(flat)).sum(dim=0)
+    merged = total / agrees.sum(dim=0).clamp(min=1)
+    return merged.reshape(task_vectors[0].shape)
 
 
 def lora_inner(first: LoraModule, second: LoraModule) -> float:

@@ -36,7 +36,11 @@ UNEQUAL_RANK_TYPES = frozenset({"cat", "svd", "ties_svd"})
 # Types whose `density` (fraction of weights kept) matters.
 DENSITY_TYPES = frozenset({"ties", "ties_svd", "dare_ties", "dare_linear", "magnitude_prune"})
 MAX_PARENTS = 4
-MAX_WEIGHT = 2.0
+# A child's weights are shares of at most 1 in all. Members share most of what they learnt
+# (the ReAct format; specialists continue the generalist), so weights adding up to s apply
+# that shared part about s times: the demo breeder's linear [1.2, 1.2] child scored 0.00.
+MAX_WEIGHT = 1.0
+MAX_WEIGHT_SUM = 1.0
 MAX_FINETUNE_STEPS = 50
 # Parent sets spelt out in the grammar before it falls back to an enum per parent count.
 MAX_SCHEMA_PARENT_SETS = 64
@@ -70,7 +74,8 @@ class ChildPlan(BaseModel):
         ..., min_length=1, max_length=MAX_PARENTS, description="member ids; 1 = mutation only"
     )
     combination_type: CombinationType = "linear"
-    weights: list[float] = Field(..., description="one per parent, each 0..2")
+    weights: list[float] = Field(..., description="one per parent, each 0..1, adding up "
+                                 "to at most 1")
     density: float = Field(0.5, ge=0.0, le=1.0)
     mutation: Mutation = Field(default_factory=Mutation)
 
@@ -168,6 +173,10 @@ def _child_problems(
     for weight in child.weights:
         if not 0.0 <= weight <= MAX_WEIGHT:
             problems.append(f"{where}.weights: {weight} is outside 0..{MAX_WEIGHT:g}")
+    total = sum(child.weights)
+    if total > MAX_WEIGHT_SUM + 1e-6:
+        problems.append(f"{where}.weights: they add up to {total:g}; keep the sum at most "
+                        f"{MAX_WEIGHT_SUM:g} (they are the parents' shares)")
     if len(child.parents) > 1:
         if child.combination_type not in allowed:
             problems.append(

@@ -64,14 +64,16 @@ Propose exactly {n_children} children as ONE JSON object and nothing else:
   "weights": [<w>, <w>], "density": 0.5,
   "mutation": {{"kind": "none|noise|rank|finetune", "strength": 0.0, "rank": null,
   "steps": null}}}}], "rationale": "<one sentence>"}}
-Rules: parents are 1 to 4 ids from the table; one weight (0..2) per parent; a single parent
+Rules: parents are 1 to 4 ids from the table; one weight per parent, the weights adding up
+to at most 1 (each parent's share); a single parent
 means mutation only (its mutation must not be "none"); combination_type is one of: {types};
 parents of different rank may only be combined with {unequal}.
 Prefer fit parents, but keep some diversity. If the critic asks for a fix, send the whole
 corrected JSON again."""
 
 CRITIC_PROMPT = """You are the critic. Check the breeder's latest JSON plan against the table:
-parent ids exist, one weight per parent, allowed combination types ({types}), equal ranks
+parent ids exist, one weight per parent, weights adding up to at most 1, allowed
+combination types ({types}), equal ranks
 unless the type is {unequal}, exactly {n_children} children, fit parents preferred.
 If the plan is acceptable reply with the single word APPROVE.
 Otherwise reply REVISE: followed by the problems, one per line."""

@@ -26,11 +26,13 @@ from evolora.settings import Settings
 from tasks.adapter_math import (
     LoraModule,
     change_rank,
+    factorize,
     is_lora_factor,
     lora_modules,
     lora_scaling,
     mean_module_distance,
     module_name,
+    ties_combine,
 )
 from tasks.adapter_math import (
     add_noise as add_noise_to_state,
@@ -236,6 +238,99 @@ def _merge_with_peft(base_model_path: str, parents: list[Path], weights: list[fl
         # from the first parent, which would scale them by sqrt(r) on load.
         config["use_rslora"] = False
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+START_MERGE_METHODS = ("ties", "sum")
+
+
+def merge_from_start(
+    base_model_path: str | None,
+    start: Path,
+    parents: list[Path],
+    out_dir: Path,
+    *,
+    method: str = "ties",
+    weights: list[float] | None = None,
+    density: float = 0.5,
+    rank: int | None = None,
+    manifest_extra: dict[str, Any] | None = None,
+) -> Path:
+    """The folder `out_dir` holding `start + combine(parent - start)` for each module.
+
+    For parents that continued training one `start` adapter (the cycle's specialists, each
+    continued from the generalist), what each learnt is its task vector `parent - start`.
+    `sum` adds the weighted task vectors (task arithmetic); `ties` trims, elects signs and
+    takes the disjoint mean (`tasks.adapter_math.ties_combine`), so what every parent learnt
+    alike (the ReAct format) is not applied n times while what one parent learnt alone keeps
+    its full size. PEFT's own merges cannot do this: they combine whole adapters, measured
+    from the base model. The child's delta is factored at `rank` (default: the start's and
+    the parents' ranks added up, which keeps all of a `sum` exactly) with the start's
+    scaling.
+    """
+    start, parents = Path(start), [Path(p) for p in parents]
+    weights = [1.0] * len(parents) if weights is None else [float(w) for w in weights]
+    problems = _adapter_problems(start, "start")
+    for index, parent in enumerate(parents):
+        problems += _adapter_problems(parent, f"parent {index}")
+    if len(parents) < 2:
+        problems.append(f"a merge needs at least 2 parents, got {len(parents)}")
+    if len(weights) != len(parents):
+        problems.append(f"{len(weights)} weights for {len(parents)} parents; "
+                        "pass one weight per parent")
+    if method not in START_MERGE_METHODS:
+        problems.append(f"unknown method {method!r}; use {' or '.join(START_MERGE_METHODS)}")
+    if method == "ties" and not 0.0 < density <= 1.0:
+        problems.append(f"density {density} is outside (0, 1]; it is the fraction kept")
+    if rank is not None and rank < 1:
+        problems.append(f"rank {rank} must be >= 1 (or None for the default)")
+    problems += _validate_out_dir(out_dir, [start, *parents])
+    _raise_if(problems, "merge from a start")
+
+    config, state = _read_adapter(start)
+    base_modules = lora_modules(state, config)
+    parent_modules = [read_lora_modules(p) for p in parents]
+    for parent, modules in zip(parents, parent_modules, strict=True):
+        if set(modules) != set(base_modules):
+            problems.append(f"{parent} adapts other modules than the start {start}; merge "
+                            "only adapters that continued the start's training")
+    base_sha, base_problems = _check_same_base(base_model_path, [start, *parents])
+    _raise_if(problems + base_problems, "merge from a start")
+
+    # sum(S_i) - (n - 1) G has at most this rank, so a sum is kept exactly.
+    rank = rank or adapter_rank(config) + sum(
+        adapter_rank(json.loads((p / CONFIG_FILE).read_text())) for p in parents)
+    scaling = next(iter(base_modules.values())).scaling
+    alpha = scaling * rank
+    alpha = int(alpha) if float(alpha).is_integer() else alpha
+    merged, lost, total = {}, 0.0, 0.0
+    for name, module in base_modules.items():
+        start_delta = module.delta()
+        task_vectors = [modules[name].delta() - start_delta for modules in parent_modules]
+        combined = (ties_combine(task_vectors, weights, density) if method == "ties"
+                    else sum(w * t for w, t in zip(weights, task_vectors, strict=True)))
+        delta = start_delta + combined
+        factors = factorize(delta, rank, scaling)
+        merged[name] = LoraModule(factors.a.to(module.a.dtype), factors.b.to(module.b.dtype),
+                                  scaling)
+        lost += float((factors.delta() - delta).pow(2).sum())
+        total += float(delta.pow(2).sum())
+    error = (lost / total) ** 0.5 if total else 0.0
+
+    new_config = {**config, "r": rank, "lora_alpha": alpha, "rank_pattern": {},
+                  "alpha_pattern": {}, "use_rslora": False}
+    recipe = {"kind": "crossover", "combination_type": f"{method}_from_start",
+              "start": str(start), "parents": [str(p) for p in parents], "weights": weights,
+              "density": density if method == "ties" else None, "rank": rank,
+              "relative_error": error}
+    with _staged(out_dir) as staging:
+        save_file(_replace_factors(state, merged), str(staging / WEIGHTS_FILE),
+                  metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(new_config, indent=2, sort_keys=True))
+        write_adapter_manifest(staging, _manifest(out_dir, base_model_path, base_sha, recipe,
+                                                  manifest_extra))
+    log.info("merge.from_start", out=str(out_dir), method=method, rank=rank,
+             relative_error=error)
+    return out_dir
 
 
 # ---------------------------------------------------------------------------- mutations

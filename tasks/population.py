@@ -2,9 +2,9 @@
 
 Member 0 is a generalist trained on every skill; the others are specialists, each trained
 on one group of skills (as LoraHub composes task adapters). By default a specialist continues
-training the generalist rather than a fresh LoRA: specialists that share a start average
-well (the cycle composes them as the mean of their deltas); fresh ones trained for a few
-dozen steps each did not. Seeds differ so the population starts diverse;
+training the generalist rather than a fresh LoRA: specialists that share a start can be
+merged by what each learnt since it (`specialist_merge_recipe`); fresh ones trained for a
+few dozen steps each did not average well. Seeds differ so the population starts diverse;
 `population_diversity` shows how much.
 """
 
@@ -62,22 +62,30 @@ def seed_population(settings: Settings) -> list[MemberSpec]:
     return specs
 
 
-def specialist_merge_recipe(specialists: list[dict[str, Any]]) -> dict[str, Any]:
-    """Parents and `cat` weights that compose the specialists: the mean of their deltas.
+def specialist_merge_recipe(specialists: list[dict[str, Any]], method: str = "mean",
+                            weight: float = 1.0, density: float = 0.5) -> dict[str, Any]:
+    """The child plan that composes the specialists (as LoraHub composes task adapters).
 
-    cat with weights 1/n is exactly the mean of the specialists' deltas. Their sum would
-    apply what every specialist learned (the ReAct format) n times over: on the demo it
-    broke the format (0.03 vs parents 0.12 and 0.20). Specialists continued from one
-    generalist G are G + d_i, so their mean is G + mean(d_i), an average of models that
-    share a start, which is what paid on the demo (0.47 vs specialists 0.27 and 0.45,
-    generalist 0.45), while task arithmetic, sum(S_i) - (n - 1) G, gave 0.35.
+    Specialists continued from one generalist G are G + d_i. `ties` and `sum` merge the
+    changes d_i from G (`tasks.merge.merge_from_start`): sum gives G + w(d_1 + ... + d_n),
+    ties votes per weight so what the specialists learnt alike is averaged and what one
+    learnt alone is kept whole. `mean` (cat with weights 1/n) is G + mean(d_i): each
+    specialist's own skills at 1/n strength. The sum of whole adapters is never used: it
+    applies what every specialist learnt (the ReAct format) n times over, which broke the
+    format on the demo (0.03 vs parents 0.12 and 0.20). Specialists that do not share a
+    start have no common G, so they get the mean.
     """
     n = len(specialists)
+    parents = [m["id"] for m in specialists]
     shared = {m["recipe"].get("init_from") for m in specialists}
-    rule = "mean"
-    if len(shared) == 1 and None not in shared:
-        rule = f"mean (all continued {shared.pop()})"
-    return {"parents": [m["id"] for m in specialists], "weights": [1.0 / n] * n, "rule": rule}
+    start = next(iter(shared)) if len(shared) == 1 and None not in shared else None
+    if method in ("ties", "sum") and start is not None:
+        return {"parents": parents, "combination_type": f"{method}_from_start",
+                "start": start, "weights": [weight] * n, "density": density,
+                "rule": f"{method} of the changes from {start}"}
+    rule = f"mean (all continued {start})" if start else "mean"
+    return {"parents": parents, "combination_type": "cat", "weights": [1.0 / n] * n,
+            "density": density, "rule": rule}
 
 
 def rows_for_skills(rows: Any, skills: list[str]) -> Any:

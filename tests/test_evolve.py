@@ -62,7 +62,7 @@ def child(parents: list[str], kind: str = "linear", weights: list[float] | None 
     return {
         "parents": parents,
         "combination_type": kind,
-        "weights": weights if weights is not None else [1.0] * len(parents),
+        "weights": weights if weights is not None else [1.0 / len(parents)] * len(parents),
         "mutation": {"kind": "none"},
     }
 
@@ -107,6 +107,23 @@ def test_validate_plan_lists_every_problem_at_once() -> None:
     assert "'svd' is not allowed" in text
     assert "1 weight(s) for 2 parent(s)" in text
     assert len(problems) == 5
+
+
+def test_weights_are_shares_that_add_up_to_at_most_one() -> None:
+    members = make_members()
+    # The demo breeder's child: linear [1.2, 1.2] applied the shared format 2.4 times (0.00).
+    overshoot = plan_dict(child(["m1", "m2"], weights=[0.7, 0.6]),
+                          child(["m2", "m3"], "cat", weights=[1.2, 0.3]))
+    with pytest.raises(PlanError) as caught:
+        validate_plan(overshoot, members, n_children=2, allowed_types=ALL_TYPES)
+    problems = caught.value.problems
+    assert "children[0].weights: they add up to 1.3" in problems[0]
+    assert any("1.2 is outside 0..1" in p for p in problems)
+    assert any("children[1].weights: they add up to 1.5" in p for p in problems)
+    shares = plan_dict(child(["m1", "m2"], weights=[0.55, 0.45]),
+                       child(["m2", "m3"], "cat", weights=[0.3, 0.3]))
+    plan = validate_plan(shares, members, n_children=2, allowed_types=ALL_TYPES)
+    assert [c.weights for c in plan.children] == [[0.55, 0.45], [0.3, 0.3]]
 
 
 def test_validate_plan_reports_schema_and_mutation_problems() -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from evolora.settings import Settings
 from tasks.adapter_math import (
     LoraModule,
     add_noise,
@@ -22,6 +23,7 @@ from tasks.adapter_math import (
     lora_modules,
     lora_scaling,
     mean_module_distance,
+    ties_combine,
 )
 from tasks.merge import (
     COMBINATION_TYPES,
@@ -30,6 +32,7 @@ from tasks.merge import (
     adapter_distance,
     crossover,
     delta_weights,
+    merge_from_start,
     mutate_finetune,
     mutate_noise,
     mutate_rank,
@@ -79,6 +82,26 @@ def test_change_rank_up_keeps_the_delta_and_leaves_new_capacity_trainable() -> N
     torch.testing.assert_close(grown.delta(), module.delta(), atol=1e-4, rtol=1e-4)
     assert grown.b[:, 2:].abs().sum() == 0  # the delta does not move...
     assert grown.a[2:].abs().sum() > 0  # ...but B's new columns get gradients through A
+
+
+def test_ties_averages_what_agrees_keeps_what_is_alone_and_drops_the_outvoted() -> None:
+    first = torch.tensor([1.0, 2.0, 3.0, 0.0, -1.0])
+    second = torch.tensor([3.0, 0.0, -1.0, -4.0, -1.0])
+    merged = ties_combine([first, second], [1.0, 1.0], density=1.0)
+    # agree: mean; alone: kept whole; 3 vs -1: + wins, -1 is dropped; both -1: mean.
+    torch.testing.assert_close(merged, torch.tensor([2.0, 2.0, 3.0, -4.0, -1.0]))
+
+
+def test_ties_trims_each_vector_to_its_largest_values_before_voting() -> None:
+    first = torch.tensor([10.0, 0.1, 0.2, 5.0])
+    second = torch.tensor([0.3, -8.0, 0.1, 6.0])
+    merged = ties_combine([first, second], [1.0, 0.5], density=0.5)
+    # first keeps 10 and 5; second (weighted 0.5) keeps -4 and 3.
+    torch.testing.assert_close(merged, torch.tensor([10.0, -4.0, 0.0, 4.0]))
+    with pytest.raises(ValueError, match="density"):
+        ties_combine([first, second], [1.0, 1.0], density=0.0)
+    with pytest.raises(ValueError, match="2 weights for 1"):
+        ties_combine([first], [1.0, 1.0], density=0.5)
 
 
 def test_noise_of_strength_zero_is_identity_and_seeded_noise_is_reproducible() -> None:
@@ -473,14 +496,115 @@ def test_task_arithmetic_with_a_negative_weight_adds_each_change_once(
     assert_close_deltas(delta_weights(out), {n: g[n] + 0.5 * b[n] + 0.5 * r8[n] for n in g})
 
 
-@pytest.mark.parametrize(("init_from", "rule"), [
-    (["g0-m0", "g0-m0"], "mean (all continued g0-m0)"),
-    ([None, None], "mean"),
+@pytest.mark.parametrize(("method", "init_from", "expected"), [
+    ("ties", ["g0-m0", "g0-m0"],
+     {"combination_type": "ties_from_start", "start": "g0-m0", "weights": [1.0, 1.0],
+      "rule": "ties of the changes from g0-m0"}),
+    ("sum", ["g0-m0", "g0-m0"],
+     {"combination_type": "sum_from_start", "start": "g0-m0", "weights": [1.0, 1.0],
+      "rule": "sum of the changes from g0-m0"}),
+    ("mean", ["g0-m0", "g0-m0"],
+     {"combination_type": "cat", "weights": [0.5, 0.5], "rule": "mean (all continued g0-m0)"}),
+    # Fresh specialists share no start, so there are no changes to merge: the mean.
+    ("ties", [None, None], {"combination_type": "cat", "weights": [0.5, 0.5], "rule": "mean"}),
+    ("ties", ["g0-m0", "g0-m3"],
+     {"combination_type": "cat", "weights": [0.5, 0.5], "rule": "mean"}),
 ])
-def test_specialists_merge_as_the_mean_of_their_deltas(init_from: list, rule: str) -> None:
+def test_specialist_merge_recipe_merges_changes_only_from_a_shared_start(
+    method: str, init_from: list, expected: dict
+) -> None:
     from tasks.population import specialist_merge_recipe
 
     members = [{"id": f"s{i}", "recipe": {"init_from": base}}
                for i, base in enumerate(init_from)]
-    recipe = specialist_merge_recipe(members)
-    assert recipe == {"parents": ["s0", "s1"], "weights": [0.5, 0.5], "rule": rule}
+    recipe = specialist_merge_recipe(members, method, weight=1.0, density=0.4)
+    assert recipe == {"parents": ["s0", "s1"], "density": 0.4, **expected}
+
+
+@pytest.fixture
+def continued(adapters: dict[str, Path], tiny_model_dir: Path, tmp_path: Path
+              ) -> dict[str, Path]:
+    """A start G and two adapters that continued it: S_i = G + d_i (made by exact cat)."""
+    start = adapters["a"]
+    return {
+        "start": start,
+        "s1": crossover(str(tiny_model_dir), [start, adapters["b"]], [1.0, 0.5], "cat",
+                        tmp_path / "s1"),
+        "s2": crossover(str(tiny_model_dir), [start, adapters["r8"]], [1.0, 0.5], "cat",
+                        tmp_path / "s2"),
+    }
+
+
+def test_merge_from_start_sum_is_the_start_plus_each_change(
+    continued: dict[str, Path], adapters: dict[str, Path], tiny_model_dir: Path,
+    tmp_path: Path, base_logits: torch.Tensor,
+) -> None:
+    out = merge_from_start(str(tiny_model_dir), continued["start"],
+                           [continued["s1"], continued["s2"]], tmp_path / "sum", method="sum")
+    g, b, r8 = (delta_weights(adapters[k]) for k in ("a", "b", "r8"))
+    assert_close_deltas(delta_weights(out), {n: g[n] + 0.5 * b[n] + 0.5 * r8[n] for n in g})
+    config = json.loads((out / "adapter_config.json").read_text())
+    recipe = read_adapter_manifest(out)["recipe"]
+    # The ranks added up (4 + 8 + 12) hold all of S_1 + S_2 - G.
+    assert config["r"] == 24 and recipe["combination_type"] == "sum_from_start"
+    assert recipe["relative_error"] < 1e-5
+    assert not torch.allclose(logits_with(tiny_model_dir, out), base_logits)
+
+
+def test_merge_from_start_ties_votes_on_the_changes_not_on_the_whole_adapters(
+    continued: dict[str, Path], adapters: dict[str, Path], tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    # Full rank and density 1: no trimming and no truncation, so per entry the change is
+    # the mean where the two changes agree in sign, else the larger one.
+    out = merge_from_start(str(tiny_model_dir), continued["start"],
+                           [continued["s1"], continued["s2"]], tmp_path / "ties",
+                           method="ties", density=1.0, rank=64)
+    g, b, r8 = (delta_weights(adapters[k]) for k in ("a", "b", "r8"))
+    expected = {}
+    for name in g:
+        d1, d2 = 0.5 * b[name], 0.5 * r8[name]
+        agree = torch.sign(d1) == torch.sign(d2)
+        louder = torch.where(d1.abs() >= d2.abs(), d1, d2)
+        expected[name] = g[name] + torch.where(agree, (d1 + d2) / 2, louder)
+    assert_close_deltas(delta_weights(out), expected)
+
+
+def test_merge_from_start_refuses_parents_that_did_not_continue_the_start(
+    continued: dict[str, Path], adapters: dict[str, Path], tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(MergeError, match="adapts other modules than the start"):
+        merge_from_start(str(tiny_model_dir), continued["start"],
+                         [continued["s1"], adapters["q_only"]], tmp_path / "child")
+    with pytest.raises(MergeError) as raised:
+        merge_from_start(str(tiny_model_dir), continued["start"], [continued["s1"]],
+                         tmp_path / "child", method="median", density=0.0, rank=0)
+    for problem in ("at least 2 parents", "unknown method 'median'", "rank 0"):
+        assert problem in str(raised.value)
+    assert not (tmp_path / "child").exists()
+
+
+def test_the_cycle_breeds_a_child_from_a_start_with_its_lineage(
+    continued: dict[str, Path], adapters: dict[str, Path], tiny_settings: Settings,
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    from flows.cycle import breed_child
+    from tasks.population import specialist_merge_recipe
+
+    specialists = [{"id": name, "adapter_dir": str(continued[name]),
+                    "recipe": {"init_from": "g0-m0"}} for name in ("s1", "s2")]
+    plan = specialist_merge_recipe(specialists, "sum")
+    plan.pop("rule")
+    start = {"id": "g0-m0", "adapter_dir": str(continued["start"])}
+    record = breed_child.fn(tiny_settings, str(tiny_model_dir), {},
+                            {**plan, "mutation": {"kind": "none"}}, specialists, "g1-c1", 1,
+                            str(tmp_path / "children"), "no-run", start)
+    assert record["parents"] == ["s1", "s2"]
+    assert record["recipe"]["start"] == "g0-m0"
+    assert record["recipe"]["combination_type"] == "sum_from_start"
+    g, b, r8 = (delta_weights(adapters[k]) for k in ("a", "b", "r8"))
+    assert_close_deltas(delta_weights(Path(record["adapter_dir"])),
+                        {n: g[n] + 0.5 * b[n] + 0.5 * r8[n] for n in g})
+    lineage = read_adapter_manifest(Path(record["adapter_dir"]))["lineage"]
+    assert lineage["parents"] == ["s1", "s2"] and lineage["generation"] == 1
