@@ -245,7 +245,7 @@ def plan_json_schema(
             variant = copy.deepcopy(child)
             props = variant["properties"]
             props["combination_type"] = {"type": "string", "enum": types}
-            props["weights"].update(items=_GRID_WEIGHTS, minItems=count, maxItems=count)
+            props["weights"] = {**props["weights"], "enum": weight_shares(count)}
             props["density"] = {**props["density"], **_GRID_DENSITY}
             for parents in _parent_sets(ids, count, groups if mixed_only else []):
                 one = copy.deepcopy(variant)
@@ -261,11 +261,32 @@ def plan_json_schema(
 
 
 # llama.cpp's grammar ignores minimum/maximum on a JSON number (the demo's breeder wrote a
-# weight of -1.1 under "minimum": 0), but it keeps to an enum: weights and densities are
-# offered on a grid of twentieths, which is finer than anything a plan needs.
-_GRID_WEIGHTS = {"type": "number",
-                 "enum": [round(0.05 * i, 2) for i in range(1, round(MAX_WEIGHT * 20) + 1)]}
+# weight of -1.1 under "minimum": 0), but it keeps to an enum: densities are offered on a
+# grid of twentieths, and weights as whole lists (`weight_shares`).
 _GRID_DENSITY = {"type": "number", "enum": [round(0.05 * i, 2) for i in range(1, 21)]}
+
+
+def weight_shares(count: int) -> list[list[float]]:
+    """Every split of 1 into `count` positive shares on a grid (twentieths for two parents,
+    tenths for more): the weight lists the grammar offers.
+
+    A grammar cannot add numbers up, so the sum rule of `validate_plan` is spelt out as a
+    list of whole weight lists (19, 36 and 84 of them for 2, 3 and 4 parents). Offered each
+    weight on its own, the demo's breeder wrote two weights adding up to 2.
+    """
+    if count == 1:
+        return [[1.0]]
+    steps = 20 if count == 2 else 10
+    return [[round(part / steps, 2) for part in parts]
+            for parts in _compositions(steps, count)]
+
+
+def _compositions(total: int, count: int) -> list[tuple[int, ...]]:
+    """Ordered ways to write `total` as `count` positive integers."""
+    if count == 1:
+        return [(total,)]
+    return [(first, *rest) for first in range(1, total - count + 2)
+            for rest in _compositions(total - first, count - 1)]
 
 
 def _parent_sets(ids: list[str], count: int, skip_within: list[list[str]]) -> list[dict[str, Any]]:

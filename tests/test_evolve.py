@@ -17,7 +17,7 @@ from support.scripted_openai import Delay, Fail, ScriptedOpenAI, system_prompt
 
 from agent.llama_server import EmbeddedLlamaServer, default_gguf_path
 from evolora.settings import EvolutionSettings
-from tasks.breeding_plan import MAX_WEIGHT, UNEQUAL_RANK_TYPES, plan_json_schema
+from tasks.breeding_plan import UNEQUAL_RANK_TYPES, plan_json_schema, weight_shares
 from tasks.evolve import (
     BreedingPlan,
     Member,
@@ -149,6 +149,16 @@ def test_validate_plan_reports_schema_and_mutation_problems() -> None:
     }
 
 
+def test_weight_shares_split_one_on_a_grid() -> None:
+    assert weight_shares(1) == [[1.0]]
+    pairs = weight_shares(2)
+    assert len(pairs) == 19 and pairs[0] == [0.05, 0.95] and pairs[-1] == [0.95, 0.05]
+    assert [len(weight_shares(n)) for n in (3, 4)] == [36, 84]
+    assert [0.2, 0.3, 0.5] in weight_shares(3) and [0.4, 0.3, 0.2, 0.1] in weight_shares(4)
+    for count in (2, 3, 4):
+        assert all(min(w) > 0 and round(sum(w), 9) == 1 for w in weight_shares(count))
+
+
 def test_plan_schema_exports_and_narrows_to_members() -> None:
     schema = BreedingPlan.model_json_schema()
     assert set(schema["properties"]) == {"children", "rationale"}
@@ -163,10 +173,10 @@ def test_plan_schema_exports_and_narrows_to_members() -> None:
         parents = props["parents"]
         ids = tuple(item["const"] for item in parents["prefixItems"])
         assert parents["minItems"] == parents["maxItems"] == len(ids)
-        assert props["weights"]["minItems"] == props["weights"]["maxItems"] == len(ids)
-        # Numbers on a grid: llama.cpp's grammar keeps to an enum, not to minimum/maximum.
-        assert props["weights"]["items"]["enum"][0] == 0.05
-        assert props["weights"]["items"]["enum"][-1] == MAX_WEIGHT
+        # Whole weight lists: llama.cpp's grammar keeps to an enum, but cannot add up.
+        offered = props["weights"]["enum"]
+        assert offered == weight_shares(len(ids))
+        assert all(len(w) == len(ids) and abs(sum(w) - 1) < 1e-9 for w in offered)
         assert all(0 < d <= 1 for d in props["density"]["enum"])
         assert len(set(ids)) == len(ids)  # no parent twice, by construction
         if len({ranks[i] for i in ids}) > 1:  # mixed ranks: only types that merge them
@@ -469,5 +479,6 @@ def test_grammar_constrained_breeder_reply_parses(llama: EmbeddedLlamaServer) ->
     assert "no JSON object" not in reason and "Field required" not in reason, reason
     assert "listed twice" not in reason and "unknown member" not in reason, reason
     assert "is outside" not in reason, reason  # weights and density stay on their grids
+    assert "add up to" not in reason, reason  # and the weights are shares of 1
     if plan is not None:
         assert {p for c in plan.children for p in c.parents} <= {m.id for m in members}
