@@ -306,6 +306,8 @@ def print_cycle_summary(summary: dict) -> None:
         console.print(f"specialist merge {merge['id']} ({merge.get('rule', 'mean')}): "
                       f"{merge['accuracy']:.2f} vs parents "
                       f"{parents} (beats each: {merge['beats_each_parent']})", highlight=False)
+    if summary.get("challenger_reason"):
+        console.print(f"challenger {summary['challenger_reason']}", highlight=False)
     console.print(f"evolution moved test accuracy by {summary['evolution_gain']:+.2f} overall "
                   f"and {summary['evolution_gain_hard']:+.2f} on the hard level "
                   f"(best initial -> challenger); wall {summary['wall_s']:.0f} s",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -213,7 +213,8 @@ def cycle_flow(config: str = "demo", new: bool = False) -> dict[str, Any]:
             for generation in range(1, settings.evolution.generations + 1):
                 population, record = cycle.generation(generation, population, llm_config)
                 generations.append(record)
-        challenger = max(population, key=lambda m: m["fitness"])
+        challenger, challenger_reason = pick_challenger(
+            population, best_initial, lambda m: cycle.scored(m, "test")["test_accuracy"])
         promotion = state.done("promotion") or state.record(
             "promotion", _promote(client, settings, challenger, cycle.scored(challenger, "test"),
                                   data, cycle.base_sha, parent.info.run_id))
@@ -224,6 +225,7 @@ def cycle_flow(config: str = "demo", new: bool = False) -> dict[str, Any]:
             **cycle.headline("best_initial", best_initial),
             "generations": generations,
             **cycle.headline("challenger", challenger),
+            "challenger_reason": challenger_reason,
             **cycle.champion_headline(client, promotion),
             "specialist_merge": cycle.specialist_merge_report(),
             "resumed": resumed,
@@ -420,6 +422,27 @@ def _as_member(record: dict[str, Any]) -> Any:
                   fitness=record.get("fitness", 0.0), metrics=record.get("metrics", {}),
                   rank=record["rank"], generation=record["generation"],
                   parents=record.get("parents", []), recipe=record.get("recipe", {}))
+
+
+def pick_challenger(population: list[dict[str, Any]], best_initial: dict[str, Any],
+                    test_accuracy: Callable[[dict[str, Any]], float]
+                    ) -> tuple[dict[str, Any], str]:
+    """The member the gate weighs against the champion, and why it is that one.
+
+    The final population's fittest (eval split), unless it scores below the best initial
+    member on the frozen test set: fitness is 30 problems, and a cycle should not offer
+    less than it started with. The test set already decides promotion; this makes the
+    best initial member one more incumbent the challenger has to match.
+    """
+    fittest = max(population, key=lambda m: m["fitness"])
+    if fittest["id"] == best_initial["id"]:
+        return fittest, f"{fittest['id']}: the fittest on the eval split"
+    fittest_test, initial_test = test_accuracy(fittest), test_accuracy(best_initial)
+    if fittest_test < initial_test:
+        return best_initial, (f"{best_initial['id']}: the fittest, {fittest['id']}, scored "
+                              f"{fittest_test:.3f} on the test set, below the best initial "
+                              f"member's {initial_test:.3f}")
+    return fittest, f"{fittest['id']}: the fittest on the eval split"
 
 
 def _promote(client: Any, settings: Settings, challenger: dict[str, Any],

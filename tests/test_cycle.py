@@ -72,6 +72,9 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
     merge = summary["specialist_merge"]
     assert merge is not None and set(merge["parents"]) == {"g0-m1", "g0-m2"}
     assert merge["rule"] == "mean (all continued g0-m0)" and merge["weights"] == [0.5, 0.5]
+    # The challenger never falls below the best initial member on the test set.
+    assert summary["challenger"] >= summary["best_initial"]
+    assert summary["challenger_reason"].startswith(summary["challenger_id"])
     # First cycle: no champion yet, so the gate promotes.
     assert summary["promoted"] is True
 
@@ -147,6 +150,26 @@ def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: 
     assert len(initial_runs) == 3, "each initial member trained exactly once"
     after = json.loads(state_file.read_text())
     assert after["status"] == "done"
+
+
+def test_the_challenger_is_the_fittest_unless_it_tests_below_the_best_initial() -> None:
+    from flows.cycle import pick_challenger
+
+    initial = {"id": "g0-m0", "fitness": 0.40}
+    merge = {"id": "g1-c1", "fitness": 0.57}
+    population = [initial, merge]
+    # The latest demo: the merge was fittest on eval (0.57) but scored 0.333 vs 0.35 on test.
+    test = {"g0-m0": 0.35, "g1-c1": 0.333}
+    chosen, reason = pick_challenger(population, initial, lambda m: test[m["id"]])
+    assert chosen is initial
+    assert reason == ("g0-m0: the fittest, g1-c1, scored 0.333 on the test set, below the "
+                      "best initial member's 0.350")
+    test["g1-c1"] = 0.35  # a tie keeps the fittest
+    chosen, reason = pick_challenger(population, initial, lambda m: test[m["id"]])
+    assert chosen is merge and reason == "g1-c1: the fittest on the eval split"
+    asked = []
+    chosen, _ = pick_challenger([initial], initial, lambda m: asked.append(m) or 0.0)
+    assert chosen is initial and asked == []  # nothing to compare: no test evaluation
 
 
 def test_cycle_work_time_adds_up_over_runs(tmp_path: Path) -> None:
