@@ -111,6 +111,17 @@ def _validate_out_dir(out_dir: Path, inputs: list[Path]) -> list[str]:
     return []
 
 
+def _count_problems(what: str, parents: list[Path], weights: list[float]) -> list[str]:
+    """Problems with how many parents and weights a merge was given."""
+    problems = []
+    if len(parents) < 2:
+        problems.append(f"{what} needs at least 2 parents, got {len(parents)}")
+    if len(weights) != len(parents):
+        problems.append(f"{len(weights)} weights for {len(parents)} parents; "
+                        "pass one weight per parent")
+    return problems
+
+
 def _raise_if(problems: list[str], what: str) -> None:
     if problems:
         raise MergeError(f"cannot {what}: " + "; ".join(problems))
@@ -167,12 +178,7 @@ def crossover(
     svd are exact (svd up to its rank).
     """
     parents = [Path(p) for p in parents]
-    problems: list[str] = []
-    if len(parents) < 2:
-        problems.append(f"a cross-over needs at least 2 parents, got {len(parents)}")
-    if len(weights) != len(parents):
-        problems.append(f"{len(weights)} weights for {len(parents)} parents; "
-                        "pass one weight per parent")
+    problems = _count_problems("a cross-over", parents, weights)
     if combination_type not in COMBINATION_TYPES:
         problems.append(f"unknown combination_type {combination_type!r}; "
                         f"use one of {', '.join(COMBINATION_TYPES)}")
@@ -272,11 +278,7 @@ def merge_from_start(
     problems = _adapter_problems(start, "start")
     for index, parent in enumerate(parents):
         problems += _adapter_problems(parent, f"parent {index}")
-    if len(parents) < 2:
-        problems.append(f"a merge needs at least 2 parents, got {len(parents)}")
-    if len(weights) != len(parents):
-        problems.append(f"{len(weights)} weights for {len(parents)} parents; "
-                        "pass one weight per parent")
+    problems += _count_problems("a merge", parents, weights)
     if method not in START_MERGE_METHODS:
         problems.append(f"unknown method {method!r}; use {' or '.join(START_MERGE_METHODS)}")
     if method == "ties" and not 0.0 < density <= 1.0:
