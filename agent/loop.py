@@ -16,7 +16,7 @@ from agent.tools import Tool, run_tool
 
 
 class TextGenerator(Protocol):
-    """What the loop needs of a model: `agent.runtime.ModelRuntime` is the real one."""
+    """What the loop needs of a model: `ModelRuntime` (engines/) is the real one."""
 
     def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
         ...

@@ -17,8 +17,8 @@ from langgraph.errors import GraphRecursionError
 from agent.chat_model import TOOL_INPUT_KEY, LocalReActChatModel
 from agent.loop import AgentRun, AgentStep
 from agent.react_format import SYSTEM_PROMPT
-from agent.runtime import ModelRuntime
 from agent.tools import Tool, default_tools, run_tool
+from engines.transformers_runtime import ModelRuntime
 
 
 def langchain_tools(tools: dict[str, Tool]) -> list[StructuredTool]:

@@ -7,7 +7,7 @@ Prints ONE JSON object. The cycle's specialists (the parents) and each merge of 
 evaluated in this run, on the same model, test set and greedy decoding, so `beats_each_parent`
 compares like with like. The merges are the ones `evolution.specialist_merge` offers:
 `mean` (cat, 1/n each), `ties` and `sum` (the changes since the generalist the specialists
-continued, `tasks.merge.merge_from_start`). Its MLflow runs go to a throwaway store.
+continued, `tasks.evolve.merge.merge_from_start`). Its MLflow runs go to a throwaway store.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def specialists_of(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build_merge(model_path: str, state: dict[str, Any], specialists: list[dict[str, Any]],
                 method: str, density: float, out: Path) -> Path:
-    from tasks.merge import crossover, merge_from_start
-    from tasks.population import specialist_merge_recipe
+    from tasks.evolve.merge import crossover, merge_from_start
+    from tasks.evolve.population import specialist_merge_recipe
 
     plan = specialist_merge_recipe(specialists, method, density=density)
     if method != "mean" and "start" not in plan:
@@ -67,10 +67,10 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.5, help="ties: fraction kept")
     args = parser.parse_args()
 
-    from agent.runtime import ModelRuntime
+    from engines.transformers_runtime import ModelRuntime
     from evolora.tracking import setup_mlflow
-    from tasks.data import load_split
-    from tasks.evaluate import evaluate_candidate
+    from tasks.data.examples import load_split
+    from tasks.evaluate.scoring import evaluate_candidate
 
     settings = load_settings(args.config)
     cycle = args.cycle or newest_cycle(settings)

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -73,6 +74,32 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         "Gemma terms of use",
     ),
 }
+
+
+DEFAULT_EMBEDDED_MODEL = "smollm2-135m"
+
+
+def embedded_gguf_path(embedded_model: str | None, base: str) -> Path:
+    """The GGUF the embedded llama.cpp server runs (teacher, breeding agents).
+
+    `embedded_model` (a packaged name or a .gguf path) wins; unset, the base model's own
+    GGUF when the base is packaged, else the packaged SmolLM2.
+    """
+    if embedded_model is None:
+        embedded_model = base if base in PACKAGED_MODELS else DEFAULT_EMBEDDED_MODEL
+    if embedded_model in PACKAGED_MODELS:
+        return PACKAGED_MODELS[embedded_model].gguf_path()
+    path = Path(embedded_model).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ModelError(f"embedded model {embedded_model!r} is neither a packaged model "
+                         f"({', '.join(PACKAGED_MODELS)}) nor a .gguf file; set "
+                         "teacher.embedded_model to one of them")
+    return path
+
+
+def cpu_threads(configured: int | None) -> int:
+    """Threads for a CPU engine: the configured number, else every core."""
+    return configured or os.cpu_count() or 1
 
 
 class ModelError(RuntimeError):

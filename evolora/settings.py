@@ -64,6 +64,9 @@ class ModelSettings(Section):
     )
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     max_new_tokens: int = Field(128, gt=0, le=8192)
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads of the embedded llama.cpp servers (the teacher, "
+        "the breeding agents); None: every core.")
 
 
 class TeacherBackend(Section):
@@ -89,6 +92,10 @@ class TeacherSettings(Section):
         default_factory=lambda: [TeacherBackend(kind="embedded")]
     )
     temperature: float = Field(0.7, ge=0, le=2)
+    embedded_model: str | None = Field(
+        None, min_length=1, description="The embedded llama.cpp model (teacher and breeding "
+        "agents): a packaged model name or a .gguf path; None: model.base when it is a "
+        "packaged model, else smollm2-135m.")
 
 
 class DataSettings(Section):
@@ -115,7 +122,7 @@ class DataSettings(Section):
     seed: int = 0
     test_seed: int = 1234
     paraphrase_fraction: float = Field(0.3, ge=0, le=1)
-    # Share of train/eval questions whose everyday phrasing is varied by rule (tasks/wording.py):
+    # Share of train/eval questions whose everyday phrasing is varied by rule (data/wording.py):
     # a small model otherwise learns the templates' words, not the task (never the test split).
     reword_fraction: float = Field(0.8, ge=0, le=1)
     harvest: bool = Field(True, description="Add verified traces from serving to training.")
@@ -180,7 +187,7 @@ class EvolutionSettings(Section):
     specialist_merge: Literal["mean", "ties", "sum"] = Field(
         "mean", description="How generation 1 composes the specialists. mean averages the "
         "whole adapters; ties/sum merge what each learnt since the generalist it continued "
-        "(TIES-merging / task arithmetic, tasks.merge.merge_from_start). On the demo's 135M "
+        "(TIES-merging / task arithmetic, tasks.evolve.merge.merge_from_start). On the demo's 135M "
         "specialists mean scored higher in 3 of 5 pairs. Fresh specialists "
         "(specialists_from_generalist: false) always use mean.")
     specialist_merge_weight: float = Field(

@@ -25,8 +25,8 @@ from prefect import flow, task
 from evolora.logs import get_logger
 from evolora.settings import Settings, load_settings
 from evolora.tracking import CANDIDATE_TAG, log_resolved_config, setup_mlflow
+from flows.cycle_journal import CycleState
 from flows.train_adapter import generate_data, prepare_base_model
-from tasks.cycle_state import CycleState
 
 log = get_logger(__name__)
 
@@ -55,9 +55,9 @@ def train_member(settings: Settings, model_path: str, data: dict[str, Any], spec
                  adapters_dir: str, parent_run_id: str, tags: dict[str, str],
                  init_adapter: str | None = None) -> dict[str, Any]:
     """Train one initial member on its data mix (continuing `init_adapter` if given)."""
-    from tasks.data import load_split
-    from tasks.population import rows_for_skills
-    from tasks.train import train_adapter
+    from tasks.data.examples import load_split
+    from tasks.evolve.population import rows_for_skills
+    from tasks.train.trainer import train_adapter
 
     rows = rows_for_skills(load_split(Path(data["train_path"])), spec["skills"])
     train = settings.train.model_copy(update={"rank": spec["rank"],
@@ -79,7 +79,7 @@ def train_member(settings: Settings, model_path: str, data: dict[str, Any], spec
 def harvest_traces(settings: Settings, data: dict[str, Any], since: float | None,
                    parent_run_id: str) -> dict[str, Any]:
     """Mix verified serving traces since the last cycle into the training split."""
-    from tasks.data_pipeline import harvest_into_training
+    from tasks.harvest.pipeline import harvest_into_training
 
     return harvest_into_training(settings, data, since=since, parent_run_id=parent_run_id)
 
@@ -96,8 +96,8 @@ def breed_child(settings: Settings, model_path: str, data: dict[str, Any],
     """
     import shutil
 
-    from tasks.data import load_split
-    from tasks.merge import (
+    from tasks.data.examples import load_split
+    from tasks.evolve.merge import (
         adapter_rank,
         crossover,
         merge_from_start,
@@ -160,9 +160,9 @@ def evaluate_member(settings: Settings, model_path: str, data: dict[str, Any],
                     member: dict[str, Any] | None, split: str, parent_run_id: str,
                     tags: dict[str, str]) -> dict[str, float]:
     """A member's (or the base model's, for None) metrics on `split`."""
-    from agent.runtime import ModelRuntime
-    from tasks.data import load_split
-    from tasks.evaluate import evaluate_candidate
+    from engines.transformers_runtime import ModelRuntime
+    from tasks.data.examples import load_split
+    from tasks.evaluate.scoring import evaluate_candidate
 
     rows = list(load_split(Path(data[f"{split}_path"])))
     runtime = ModelRuntime.load(model_path, settings.model.dtype)
@@ -180,7 +180,7 @@ def evaluate_member(settings: Settings, model_path: str, data: dict[str, Any],
 def cycle_flow(config: str = "demo", new: bool = False) -> dict[str, Any]:
     """One self-improvement cycle; resumes the latest unfinished one unless `new`."""
     from evolora.models import base_model_checksum
-    from tasks.population import seed_population
+    from tasks.evolve.population import seed_population
 
     settings = load_settings(config)
     client = setup_mlflow(settings)
@@ -292,8 +292,8 @@ class Cycle:
     @contextmanager
     def breeding_agents(self) -> Iterator[dict[str, Any] | None]:
         """The AutoGen agents' LLM config, starting the embedded server only if needed."""
-        from agent.llama_server import EmbeddedLlamaServer, default_gguf_path
-        from tasks.evolve import llm_config_for
+        from engines.llama_server import EmbeddedLlamaServer, default_gguf_path
+        from tasks.evolve.agents import llm_config_for
 
         evo = self.settings.evolution
         if not evo.use_agents or evo.generations == 0:
@@ -308,8 +308,8 @@ class Cycle:
     def plan(self, generation: int, population: list[dict[str, Any]],
              llm_config: dict[str, Any] | None) -> dict[str, Any]:
         """The generation's breeding plan (agents, or the GA fallback), decided once."""
-        from tasks.evolve import decide_plan
-        from tasks.population import specialist_merge_recipe
+        from tasks.evolve.agents import decide_plan
+        from tasks.evolve.population import specialist_merge_recipe
 
         key = f"plan/{generation}"
         if self.state.done(key) is None:
@@ -334,8 +334,8 @@ class Cycle:
     def generation(self, generation: int, population: list[dict[str, Any]],
                    llm_config: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict]:
         """Plan, breed, evaluate, select; returns the survivors and the generation's record."""
-        from tasks.evolve import select_survivors
-        from tasks.merge import population_diversity
+        from tasks.evolve.agents import select_survivors
+        from tasks.evolve.merge import population_diversity
 
         planned = self.plan(generation, population, llm_config)
         by_id = {m["id"]: m for m in population}
@@ -387,7 +387,7 @@ class Cycle:
 
     def champion_headline(self, client: Any, promotion: dict[str, Any]) -> dict[str, Any]:
         """The registry's champion after the gate, with its test accuracy."""
-        from tasks.registry import get_alias, version_metrics
+        from tasks.registry.versions import get_alias, version_metrics
 
         evo = self.settings.evolution
         champion = get_alias(client, evo.registry_model_name, "champion")
@@ -416,7 +416,7 @@ class Cycle:
 
 
 def _as_member(record: dict[str, Any]) -> Any:
-    from tasks.evolve import Member
+    from tasks.evolve.agents import Member
 
     return Member(id=record["id"], adapter_dir=record["adapter_dir"],
                   fitness=record.get("fitness", 0.0), metrics=record.get("metrics", {}),
@@ -449,8 +449,8 @@ def _promote(client: Any, settings: Settings, challenger: dict[str, Any],
              test_metrics: dict[str, float], data: dict[str, Any], base_sha: str,
              parent_run_id: str) -> dict[str, Any]:
     """Register the cycle's best and let the gate decide whether it becomes champion."""
-    from tasks.registry import Candidate, get_alias, promote_if_better, register_candidate
-    from tasks.train import read_adapter_manifest
+    from tasks.registry.versions import Candidate, get_alias, promote_if_better, register_candidate
+    from tasks.train.trainer import read_adapter_manifest
 
     evo = settings.evolution
     adapter_dir = Path(challenger["adapter_dir"])

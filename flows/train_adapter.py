@@ -31,7 +31,7 @@ def prepare_base_model(settings: Settings) -> str:
 @task(name="generate-data")
 def generate_data(settings: Settings, parent_run_id: str | None = None) -> dict[str, Any]:
     """Verified train/eval splits and the frozen test set, logged as MLflow dataset inputs."""
-    from tasks.data_pipeline import build_and_log_splits
+    from tasks.data.pipeline import build_and_log_splits
 
     return build_and_log_splits(settings, parent_run_id=parent_run_id)
 
@@ -40,8 +40,8 @@ def generate_data(settings: Settings, parent_run_id: str | None = None) -> dict[
 def train_one(settings: Settings, model_path: str, data: dict[str, Any], name: str,
               seed: int | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
     """Train one adapter on the train split; returns its folder, run id and metrics."""
-    from tasks.data import load_split
-    from tasks.train import train_adapter
+    from tasks.data.examples import load_split
+    from tasks.train.trainer import train_adapter
 
     result = train_adapter(settings, model_path, load_split(Path(data["train_path"])),
                            settings.paths.data_dir / "adapters", name, seed=seed,
@@ -55,9 +55,9 @@ def evaluate_candidates(settings: Settings, model_path: str, data: dict[str, Any
                         adapters: dict[str, str], include_base: bool = True,
                         parent_run_id: str | None = None) -> dict[str, dict[str, float]]:
     """Test-set metrics of the base model (as `base`) and of each named adapter folder."""
-    from agent.runtime import ModelRuntime
-    from tasks.data import load_split
-    from tasks.evaluate import evaluate_candidate
+    from engines.transformers_runtime import ModelRuntime
+    from tasks.data.examples import load_split
+    from tasks.evaluate.scoring import evaluate_candidate
 
     test_rows = list(load_split(Path(data["test_path"])))
     runtime = ModelRuntime.load(model_path, settings.model.dtype)

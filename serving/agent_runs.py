@@ -11,10 +11,10 @@ from agent.loop import AgentRun
 from agent.memory import MAX_MEMORY_CHARS, MemoryStore
 from agent.react_agent import build_react_agent, run_react_agent
 from agent.react_format import SYSTEM_PROMPT
-from agent.runtime import ModelRuntime
+from engines.transformers_runtime import ModelRuntime
 from evolora.logs import get_logger
 from serving.hot_loader import AdapterHotLoader
-from serving.store import Store
+from storage.store import Store
 
 log = get_logger(__name__)
 

@@ -18,7 +18,7 @@ from serving.metrics import ServingMetrics
 from serving.middleware import RequestMetrics
 from serving.routes import admin, agent, chat, feedback, health, memories
 from serving.startup import open_services
-from serving.store import NotFound, StoreError
+from storage.store import NotFound, StoreError
 
 log = get_logger(__name__)
 

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 
 from agent.memory import MemoryStore
-from agent.runtime import ModelRuntime
+from engines.transformers_runtime import ModelRuntime
 from evolora.settings import Settings
 from serving.hot_loader import AdapterHotLoader
 from serving.limits import RateLimiter, retry_after_header
 from serving.metrics import ServingMetrics
-from serving.store import Store
+from storage.store import Store
 
 LOCAL_USER = "local"
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from agent.runtime import ModelRuntime
+from engines.transformers_runtime import ModelRuntime
 from serving.hot_loader import AdapterHotLoader
 from serving.metrics import ServingMetrics
 from serving.schemas import ChatMessage

@@ -23,10 +23,10 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from agent.runtime import BASE_ADAPTER, ModelRuntime
+from engines.transformers_runtime import BASE_ADAPTER, ModelRuntime
 from evolora.logs import get_logger
 from serving.metrics import ServingMetrics
-from tasks.registry import CHAMPION, ChecksumMismatch, download_version, get_alias
+from tasks.registry.versions import CHAMPION, ChecksumMismatch, download_version, get_alias
 
 log = get_logger(__name__)
 

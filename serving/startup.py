@@ -8,13 +8,13 @@ from mlflow.tracking import MlflowClient
 
 from agent.embeddings import load_embedder
 from agent.memory import MemoryStore
-from agent.runtime import ModelRuntime
+from engines.transformers_runtime import ModelRuntime
 from evolora.logs import get_logger
 from evolora.models import resolve_base_model
 from serving.deps import Services
 from serving.hot_loader import AdapterHotLoader
 from serving.metrics import ScrapeTimeCollector
-from serving.store import Store
+from storage.store import Store
 
 log = get_logger(__name__)
 

@@ -12,7 +12,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from evolora.cli import app
+from cli.main import app
 from evolora.models import PACKAGED_MODELS
 from evolora.settings import ConfigError, load_settings
 

@@ -19,10 +19,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from evolora.cli import app
+from cli.main import app
 from evolora.settings import Settings
 from evolora.tracking import setup_mlflow
-from tasks.cycle_state import STATE_FILE
+from flows.cycle_journal import STATE_FILE
 
 SUMMARY_KEYS = {"base", "best_initial", "generations", "champion", "promoted", "wall_s"}
 
@@ -97,7 +97,7 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
 @pytest.mark.slow
 def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "evolora.cli", "cycle", "-c", "tiny", "--new",
+    command = [sys.executable, "-m", "cli.main", "cycle", "-c", "tiny", "--new",
                "--summary", str(tmp_path / "first.json")]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
@@ -129,7 +129,7 @@ def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: 
     mtimes = {k: p.stat().st_mtime_ns for k, p in weights.items()}
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "evolora.cli", "cycle", "-c", "tiny", "--summary",
+        [sys.executable, "-m", "cli.main", "cycle", "-c", "tiny", "--summary",
          str(tmp_path / "second.json")], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads((tmp_path / "second.json").read_text())
@@ -173,7 +173,7 @@ def test_the_challenger_is_the_fittest_unless_it_tests_below_the_best_initial() 
 
 
 def test_cycle_work_time_adds_up_over_runs(tmp_path: Path) -> None:
-    from tasks.cycle_state import CycleState
+    from flows.cycle_journal import CycleState
 
     first = CycleState.open(tmp_path)
     time.sleep(0.05)

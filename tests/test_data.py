@@ -14,7 +14,7 @@ import pytest
 from agent.react_format import ToolCall, parse_trace, render_trace
 from agent.tools import default_tools
 from evolora.settings import DataSettings
-from tasks.data import (
+from tasks.data.examples import (
     GenerationReport,
     TestSetCorruptedError,
     build_splits,
@@ -27,7 +27,7 @@ from tasks.data import (
     normalize_question,
     verify_example,
 )
-from tasks.skills import LEVELS, SKILLS
+from tasks.data.skills import LEVELS, SKILLS
 
 SKILL_NAMES = sorted(SKILLS)
 TOOLS = default_tools()

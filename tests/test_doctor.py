@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from evolora.cli import app
-from evolora.doctor import (
+from cli.doctor import (
     check_gpu,
     check_mlflow,
     check_model,
@@ -20,6 +19,7 @@ from evolora.doctor import (
     checks_as_json,
     run_checks,
 )
+from cli.main import app
 from evolora.settings import Settings, load_settings
 
 EXPECTED_CHECKS = ["python", "packages", "torch device", "gpu", "ram", "disk", "base model",

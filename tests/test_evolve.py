@@ -15,10 +15,9 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 from support.scripted_openai import Delay, Fail, ScriptedOpenAI, system_prompt
 
-from agent.llama_server import EmbeddedLlamaServer, default_gguf_path
+from engines.llama_server import EmbeddedLlamaServer, default_gguf_path
 from evolora.settings import EvolutionSettings
-from tasks.breeding_plan import UNEQUAL_RANK_TYPES, plan_json_schema, weight_shares
-from tasks.evolve import (
+from tasks.evolve.agents import (
     BreedingPlan,
     Member,
     PlanError,
@@ -30,6 +29,7 @@ from tasks.evolve import (
     select_survivors,
     validate_plan,
 )
+from tasks.evolve.plan import UNEQUAL_RANK_TYPES, plan_json_schema, weight_shares
 
 ALL_TYPES = ["linear", "cat", "ties", "dare_ties"]
 
@@ -366,7 +366,7 @@ def test_critic_asks_for_a_fix_and_the_fixed_plan_wins() -> None:
 
 
 def test_only_an_opening_approve_counts_as_approval() -> None:
-    from tasks.evolve import _is_approval
+    from tasks.evolve.agents import _is_approval
 
     assert _is_approval("APPROVE") and _is_approval("**Approved.** Looks fine")
     assert not _is_approval("I do not APPROVE this") and not _is_approval("REVISE: APPROVE later")

@@ -1,4 +1,4 @@
-"""Harvest: real traces in a real SQLite store become verified rows in the tasks.data format."""
+"""Harvest: real traces in a real SQLite store become verified rows, formatted as synthetic ones."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from agent.react_format import SYSTEM_PROMPT
 from agent.tools import default_tools, run_tool
-from serving.store import Store
-from tasks.data import dataset_hash, validate_row, verify_example
-from tasks.harvest import HARVEST_SOURCE, harvest_traces, mix_with_synthetic
+from storage.store import Store
+from tasks.data.examples import dataset_hash, validate_row, verify_example
+from tasks.harvest.traces import HARVEST_SOURCE, harvest_traces, mix_with_synthetic
 
 TOOLS = default_tools()
 

@@ -16,10 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from evolora.cli import app
+from cli.main import app
 from evolora.settings import Settings
 from evolora.tracking import CANDIDATE_TAG, setup_mlflow
-from tasks.train import ADAPTER_MANIFEST, read_adapter_manifest, verify_adapter_files
+from tasks.train.trainer import ADAPTER_MANIFEST, read_adapter_manifest, verify_adapter_files
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,8 @@ def test_train_adapter_flow_writes_adapter_and_tracks_every_step(
 def test_failed_training_leaves_no_adapter_and_marks_the_run_failed(
     tiny_settings: Settings
 ) -> None:
-    from tasks.data import build_splits
-    from tasks.train import train_adapter
+    from tasks.data.examples import build_splits
+    from tasks.train.trainer import train_adapter
 
     bundle = build_splits(tiny_settings.data, tiny_settings.paths.data_dir)
     broken = tiny_settings.model_copy(update={"train": tiny_settings.train.model_copy(
@@ -104,7 +104,7 @@ def test_failed_training_leaves_no_adapter_and_marks_the_run_failed(
 
 
 def test_adapter_whose_files_changed_fails_verification(tmp_path: Path) -> None:
-    from tasks.train import write_adapter_manifest
+    from tasks.train.trainer import write_adapter_manifest
 
     (tmp_path / "adapter_config.json").write_text("{}")
     (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
@@ -149,9 +149,9 @@ def test_eval_of_a_broken_adapter_folder_is_a_clear_error(
 def test_qlora_nf4_quantises_the_base_and_trains_an_adapter(tiny_settings: Settings) -> None:
     import bitsandbytes as bnb
 
-    from tasks.data import build_splits
-    from tasks.memory_plan import ModelShape, plan_training
-    from tasks.train import load_for_training, train_adapter
+    from tasks.data.examples import build_splits
+    from tasks.train.memory_plan import ModelShape, plan_training
+    from tasks.train.trainer import load_for_training, train_adapter
 
     settings = tiny_settings.model_copy(update={"train": tiny_settings.train.model_copy(
         update={"quantization": "nf4"})})
@@ -179,8 +179,8 @@ def test_qlora_on_cuda_stays_inside_the_vram_budget(tiny_settings: Settings) -> 
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    from tasks.data import build_splits
-    from tasks.train import train_adapter
+    from tasks.data.examples import build_splits
+    from tasks.train.trainer import train_adapter
 
     setup_mlflow(tiny_settings)
     bundle = build_splits(tiny_settings.data, tiny_settings.paths.data_dir)

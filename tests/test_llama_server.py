@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from agent.llama_server import (
+from engines.llama_server import (
     EmbeddedLlamaServer,
     LlamaServerError,
     default_gguf_path,

@@ -10,7 +10,7 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from evolora.cli import app
+from cli.main import app
 from evolora.logs import MASK, configure_logging, get_logger, redact_secrets
 
 SECRETS = ["sk-live-123456", "xyz.abc-987", "evk_0123456789abcdef", "hunter2pass"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evolora.settings import TrainSettings
-from tasks.memory_plan import (
+from tasks.train.memory_plan import (
     GIB,
     DoesNotFit,
     ModelShape,

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from evolora.settings import Settings
-from tasks.adapter_math import (
+from tasks.evolve.adapter_math import (
     LoraModule,
     add_noise,
     change_rank,
@@ -25,7 +25,7 @@ from tasks.adapter_math import (
     mean_module_distance,
     ties_combine,
 )
-from tasks.merge import (
+from tasks.evolve.merge import (
     COMBINATION_TYPES,
     UNEQUAL_RANK_TYPES,
     MergeError,
@@ -39,7 +39,7 @@ from tasks.merge import (
     population_diversity,
     valid_combination_types,
 )
-from tasks.train import ADAPTER_MANIFEST, read_adapter_manifest, verify_adapter_files
+from tasks.train.trainer import ADAPTER_MANIFEST, read_adapter_manifest, verify_adapter_files
 
 Q = "model.layers.0.self_attn.q_proj"
 V = "model.layers.0.self_attn.v_proj"
@@ -513,7 +513,7 @@ def test_task_arithmetic_with_a_negative_weight_adds_each_change_once(
 def test_specialist_merge_recipe_merges_changes_only_from_a_shared_start(
     method: str, init_from: list, expected: dict
 ) -> None:
-    from tasks.population import specialist_merge_recipe
+    from tasks.evolve.population import specialist_merge_recipe
 
     members = [{"id": f"s{i}", "recipe": {"init_from": base}}
                for i, base in enumerate(init_from)]
@@ -590,7 +590,7 @@ def test_the_cycle_breeds_a_child_from_a_start_with_its_lineage(
     tiny_model_dir: Path, tmp_path: Path,
 ) -> None:
     from flows.cycle import breed_child
-    from tasks.population import specialist_merge_recipe
+    from tasks.evolve.population import specialist_merge_recipe
 
     specialists = [{"id": name, "adapter_dir": str(continued[name]),
                     "recipe": {"init_from": "g0-m0"}} for name in ("s1", "s2")]

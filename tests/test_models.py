@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from evolora.cli import app
+from cli.main import app
 from evolora.models import (
     MANIFEST_NAME,
     PACKAGED_MODELS,

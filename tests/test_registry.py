@@ -21,11 +21,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from evolora.cli_registry import registry_app
+from cli.registry import registry_app
 from evolora.settings import Settings
 from evolora.tracking import setup_mlflow
-from tasks import registry
-from tasks.registry import (
+from tasks.registry import versions as registry
+from tasks.registry.versions import (
     CHAMPION,
     DEFAULT_MODEL_NAME,
     PREVIOUS,
@@ -82,7 +82,7 @@ def make_adapter(folder: Path, seed: int) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from tasks.train import write_adapter_manifest
+    from tasks.train.trainer import write_adapter_manifest
 
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps(
@@ -372,7 +372,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    """A small app mounting the registry commands as evolora/cli.py does."""
+    """A small app mounting the registry commands as cli/main.py does."""
     app = typer.Typer()
     app.add_typer(registry_app, name="registry")
     return app

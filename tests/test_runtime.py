@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.runtime import BASE_ADAPTER, AdapterError, ModelRuntime
+from engines.transformers_runtime import BASE_ADAPTER, AdapterError, ModelRuntime
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import httpx
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
-from test_serving_support import serving_settings
+from support.serving import serving_settings
 
 from evolora.settings import Settings
 from serving.app import create_app
 from serving.local_server import running_server
-from serving.store import Store
+from storage.store import Store
 
 pytestmark = pytest.mark.server
 

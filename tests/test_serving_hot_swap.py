@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from mlflow.tracking import MlflowClient
-from test_serving_support import (
+from support.serving import (
     make_empty_db,
     prepare_registry,
     register_adapter,
@@ -23,7 +23,7 @@ from test_serving_support import (
 
 from serving.app import create_app
 from serving.local_server import running_server
-from tasks.registry import CHAMPION, DEFAULT_MODEL_NAME
+from tasks.registry.versions import CHAMPION, DEFAULT_MODEL_NAME
 
 pytestmark = pytest.mark.server
 

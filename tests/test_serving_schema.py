@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from test_serving_support import serving_settings
+from support.serving import serving_settings
 
 from serving.app import create_app
 from serving.local_server import running_server

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from agent.tools import default_tools
-from tasks.data import _example, normalize_question, verify_example
-from tasks.skills import _COMPOSED, SKILLS, TEMPLATES, Recipe, Template
+from tasks.data.examples import _example, normalize_question, verify_example
+from tasks.data.skills import _COMPOSED, SKILLS, TEMPLATES, Recipe, Template
 
 TOOLS = default_tools()
 

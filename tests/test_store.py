@@ -15,9 +15,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from evolora.cli_keys import keys_app
+from cli.keys import keys_app
 from evolora.settings import load_settings
-from serving.store import KEY_PREFIX, NotFound, Store, StoreError
+from storage.store import KEY_PREFIX, NotFound, Store, StoreError
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 from support.ollama_proxy import OllamaProxy
 
-from agent.llama_server import EmbeddedLlamaServer, default_gguf_path, free_port
+from engines.llama_server import EmbeddedLlamaServer, default_gguf_path, free_port
 from evolora.settings import TeacherBackend, TeacherSettings
-from tasks.teacher import (
+from tasks.data.teacher import (
     Teacher,
     TeacherUnavailable,
     clean_paraphrase,

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from tasks.data import check_paraphrase, generate_examples
-from tasks.skills import TEMPLATES
-from tasks.wording import reword
+from tasks.data.examples import check_paraphrase, generate_examples
+from tasks.data.skills import TEMPLATES
+from tasks.data.wording import reword
 
 
 def _same_facts(before: str, after: str) -> bool:

@@ -16,7 +16,7 @@ from serving.deps import (
     check_prompt_length,
 )
 from serving.schemas import AgentRunRequest, AgentRunResponse, AgentStepOut
-from serving.store import NotFound
+from storage.store import NotFound
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 

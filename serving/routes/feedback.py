@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from serving.deps import CallerDep, StoreDep
 from serving.schemas import FeedbackRequest, FeedbackResponse
-from serving.store import NotFound
+from storage.store import NotFound
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 

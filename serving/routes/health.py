@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from serving.deps import Services
-from serving.store import Store
+from storage.store import Store
 
 router = APIRouter(tags=["health"])
 

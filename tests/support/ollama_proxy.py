@@ -29,7 +29,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from agent.llama_server import EmbeddedLlamaServer
+from engines.llama_server import EmbeddedLlamaServer
 from support.loopback import LoopbackServer
 
 OLLAMA_VERSION = "0.6.0"

@@ -1,7 +1,7 @@
 """Evaluate a candidate (the base model or an adapter) by running the real ReAct agent.
 
 Every problem of a split goes through `run_agent_batch` (tools really run); the answers
-are scored with the metric modules in `tasks/metrics/`, loaded through `evaluate`, overall,
+are scored with the metric modules in `tasks/evaluate/metrics/`, loaded through `evaluate`, overall,
 per level, per skill and per skill x level. Each evaluation is an MLflow run tagged
 `evolora.candidate`, with `<split>_accuracy` (final-answer exact match, 0 to 1).
 """
@@ -21,11 +21,11 @@ import mlflow
 
 from agent.loop import AgentRun, run_agent_batch
 from agent.react_format import normalize_answer
-from agent.runtime import ModelRuntime
 from agent.tools import Tool, default_tools
+from engines.transformers_runtime import ModelRuntime
 from evolora.logs import get_logger
 from evolora.tracking import CANDIDATE_TAG, start_step_run
-from tasks.metrics import metric_path
+from tasks.evaluate.metrics import metric_path
 
 log = get_logger(__name__)
 

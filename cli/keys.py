@@ -1,6 +1,6 @@
 """`evolora keys ...`: create, list and revoke the service's API keys.
 
-Mounted by evolora/cli.py with `app.add_typer(keys_app, name="keys")`.
+Mounted by cli/main.py with `app.add_typer(keys_app, name="keys")`.
 Exit codes: 0 done, 2 an error (cause and fix on stderr).
 """
 
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from evolora.cli_common import ConfigOption, JsonOption, console, fail, settings_or_exit
+from cli.common import ConfigOption, JsonOption, console, fail, settings_or_exit
 
 if TYPE_CHECKING:
-    from serving.store import Store
+    from storage.store import Store
 
 
 keys_app = typer.Typer(help="API keys of the service: create, list, revoke.",
@@ -27,7 +27,7 @@ def _open_store(config: str | None) -> Store:
     """The config's store (serving.database_url, default SQLite in paths.data_dir)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from serving.store import Store
+    from storage.store import Store
 
     settings = settings_or_exit(config)
     try:
@@ -56,7 +56,7 @@ def keys_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a key and print it once: only its hash is stored."""
-    from serving.store import StoreError
+    from storage.store import StoreError
 
     store = _open_store(config)
     try:
@@ -104,7 +104,7 @@ def keys_revoke(
     as_json: JsonOption = False,
 ) -> None:
     """Revoke a key: requests with it are refused from now on."""
-    from serving.store import StoreError
+    from storage.store import StoreError
 
     store = _open_store(config)
     try:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from agent.llama_server import EmbeddedLlamaServer, default_gguf_path
+from engines.llama_server import EmbeddedLlamaServer, default_gguf_path
 from evolora.logs import get_logger
 from evolora.settings import TeacherBackend, TeacherSettings
 

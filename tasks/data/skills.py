@@ -3,7 +3,7 @@
 A skill has, per level ("easy": one tool call, "hard": two chained calls), a TRAIN pool and
 a disjoint TEST pool of question wordings, so the frozen test set asks in words the model
 never trained on. A template's recipe draws numbers from a seeded `random.Random` and
-computes every step's expected observation itself; `tasks.data` renders the trace and checks
+computes every step's expected observation itself; `tasks.data.examples` renders the trace and checks
 it against the real tools.
 """
 

@@ -22,12 +22,12 @@ import mlflow
 import torch
 from transformers import AutoConfig, TrainerCallback
 
-from agent.runtime import load_tokenizer, pick_device
+from engines.transformers_runtime import load_tokenizer, pick_device
 from evolora.logs import get_logger
 from evolora.models import base_model_checksum, sha256_file
 from evolora.settings import Settings, TrainSettings
 from evolora.tracking import log_resolved_config, start_step_run
-from tasks.memory_plan import ModelShape, TrainPlan, plan_training
+from tasks.train.memory_plan import ModelShape, TrainPlan, plan_training
 
 log = get_logger(__name__)
 
@@ -216,7 +216,7 @@ def train_adapter(
             log_resolved_config(settings, {"name": name, "seed": seed, "max_steps": steps,
                                            "plan": plan.to_dict()})
             if dataset_hashes and dataset_hashes.get("train"):
-                from tasks.data import log_dataset_to_mlflow
+                from tasks.data.examples import log_dataset_to_mlflow
 
                 # This member's own rows (a specialist's subset), hashed as trained on.
                 log_dataset_to_mlflow(train_rows, f"train-{name}",
@@ -263,7 +263,7 @@ def train_adapter(
 
 
 def _rows_hash(rows: Any) -> str:
-    from tasks.data import dataset_hash
+    from tasks.data.examples import dataset_hash
 
     return dataset_hash(list(rows))
 

@@ -194,9 +194,9 @@ def register_candidate(client: MlflowClient, candidate: Candidate,
     Idempotent: registering the same files from the same run again returns the existing
     version, so a resumed flow does not pile up duplicates.
     """
-    # Imported here: tasks.train pulls in torch and transformers (seconds), which the
+    # Imported here: tasks.train.trainer pulls in torch and transformers (seconds), which the
     # read-only registry commands never need.
-    from tasks.train import verify_adapter_files
+    from tasks.train.trainer import verify_adapter_files
 
     adapter_dir = Path(candidate.adapter_dir)
     if not adapter_dir.is_dir():

@@ -1,6 +1,6 @@
 """`evolora registry ...`: list, show, promote and roll back registered adapters.
 
-Mounted by evolora/cli.py with `app.add_typer(registry_app, name="registry")`.
+Mounted by cli/main.py with `app.add_typer(registry_app, name="registry")`.
 Exit codes: 0 done, 1 the gate refused a promotion, 2 an error (cause and fix on stderr).
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from evolora.cli_common import ConfigOption, JsonOption, console, fail, settings_or_exit
+from cli.common import ConfigOption, JsonOption, console, fail, settings_or_exit
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -33,7 +33,7 @@ def _client_and_name(config: str | None, model: str | None
                      ) -> tuple[Settings, MlflowClient, str]:
     """The settings, an MLflow client on the config's store, and the model name."""
     from evolora.tracking import setup_mlflow
-    from tasks.registry import DEFAULT_MODEL_NAME
+    from tasks.registry.versions import DEFAULT_MODEL_NAME
 
     # The progress bars of artifact downloads would interleave with the command's output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -61,7 +61,7 @@ def registry_list(config: ConfigOption = None, model: ModelOption = None,
     """Every registered version, newest first, with aliases and test accuracy."""
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry import list_versions
+    from tasks.registry.versions import list_versions
 
     _, client, name = _client_and_name(config, model)
     try:
@@ -94,7 +94,7 @@ def registry_show(
     """One version: genealogy, metrics, checksums, aliases and the last gate decision."""
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry import RegistryError, describe_version, get_version
+    from tasks.registry.versions import RegistryError, describe_version, get_version
 
     _, client, name = _client_and_name(config, model)
     try:
@@ -134,7 +134,7 @@ def registry_promote(
     """Make VERSION the champion if it passes the gate against the current one."""
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry import RegistryError, promote
+    from tasks.registry.versions import RegistryError, promote
 
     settings, client, name = _client_and_name(config, model)
     evo = settings.evolution
@@ -161,7 +161,7 @@ def registry_rollback(config: ConfigOption = None, model: ModelOption = None,
     """Make the previous champion the champion again (a second rollback undoes it)."""
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry import CHAMPION, PREVIOUS, RegistryError, get_alias, rollback
+    from tasks.registry.versions import CHAMPION, PREVIOUS, RegistryError, get_alias, rollback
 
     _, client, name = _client_and_name(config, model)
     try:

@@ -1,4 +1,4 @@
-"""`evolora serve`: the FastAPI service under uvicorn (registered by evolora.cli)."""
+"""`evolora serve`: the FastAPI service under uvicorn (registered by cli.main)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from evolora.cli_common import ConfigOption, fail, settings_or_exit, state
+from cli.common import ConfigOption, fail, settings_or_exit, state
 from evolora.settings import ServingSettings, Settings, describe_validation_errors
 
 

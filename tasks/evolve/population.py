@@ -67,7 +67,7 @@ def specialist_merge_recipe(specialists: list[dict[str, Any]], method: str = "me
     """The child plan that composes the specialists (as LoraHub composes task adapters).
 
     Specialists continued from one generalist G are G + d_i. `ties` and `sum` merge the
-    changes d_i from G (`tasks.merge.merge_from_start`): sum gives G + w(d_1 + ... + d_n),
+    changes d_i from G (`tasks.evolve.merge.merge_from_start`): sum gives G + w(d_1 + ... + d_n),
     ties votes per weight so what the specialists learnt alike is averaged and what one
     learnt alone is kept whole. `mean` (cat with weights 1/n) is G + mean(d_i): each
     specialist's own skills at 1/n strength. The sum of whole adapters is never used: it

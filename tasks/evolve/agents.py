@@ -23,7 +23,7 @@ from typing import Any
 
 from evolora.logs import get_logger
 from evolora.settings import EvolutionSettings
-from tasks.breeding_plan import (
+from tasks.evolve.plan import (
     UNEQUAL_RANK_TYPES,
     BreedingPlan,
     ChildPlan,

@@ -1,6 +1,6 @@
 """Verified synthetic data: generate, verify, deduplicate, split, save with `datasets`, log.
 
-`generate_examples` draws problems from a skill's templates (`tasks.skills`), renders each as
+`generate_examples` draws problems from a skill's templates (`tasks.data.skills`), renders each as
 a ReAct trace in the one format (`agent.react_format`), optionally paraphrases the question
 with a teacher, and keeps only examples that `verify_example` accepts: the trace re-parses,
 every tool call re-runs to the recorded observation, and the final answer is the expected one.
@@ -40,8 +40,8 @@ from agent.react_format import (
 )
 from agent.tools import CURRENCY_ALIASES, UNIT_ALIASES, Tool, default_tools, run_tool
 from evolora.settings import DataSettings
-from tasks.skills import FINAL_THOUGHT, LEVELS, SKILLS, Problem
-from tasks.wording import reword
+from tasks.data.skills import FINAL_THOUGHT, LEVELS, SKILLS, Problem
+from tasks.data.wording import reword
 
 Split = Literal["train", "eval", "test"]
 Paraphraser = Callable[[str], "str | None"]
@@ -185,7 +185,7 @@ def generate_examples(
     The test split draws from the test wording pool, train and eval from the train pool.
     `round(n * hard_fraction)` examples are "hard" (two chained tool calls), the rest "easy".
     Train and eval questions the teacher did not rewrite are reworded by rule with
-    probability `reword_fraction` (`tasks.wording`); test questions never are.
+    probability `reword_fraction` (`tasks.data.wording`); test questions never are.
     """
     if skill not in SKILLS:
         raise ValueError(f"unknown skill {skill!r}; known skills: {', '.join(SKILLS)}")

@@ -1,59 +1,17 @@
-"""The data step of a run: teacher (if any) -> verified splits -> MLflow dataset inputs."""
+"""The harvest step of a cycle: verified serving traces mixed into the training split."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from typing import Any
 
 import mlflow
 
 from evolora.logs import get_logger
-from evolora.models import PACKAGED_MODELS
 from evolora.settings import Settings
 from evolora.tracking import start_step_run
-from tasks.data import build_splits, load_split, log_dataset_to_mlflow
-from tasks.teacher import Teacher, paraphraser_or_none
+from tasks.data import load_split, log_dataset_to_mlflow
 
 log = get_logger(__name__)
-
-
-def build_and_log_splits(settings: Settings, parent_run_id: str | None = None
-                         ) -> dict[str, Any]:
-    """Build (or reuse) the splits and log them to an MLflow `data` run.
-
-    Returns JSON-able facts: each split's folder, content hash and row count, and the
-    generation report (per-skill counts, drops by reason, diversity, teacher use).
-    """
-    with ExitStack() as stack:
-        paraphrase = None
-        teacher_used = "none"
-        if settings.teacher.enabled and settings.data.paraphrase_fraction > 0:
-            gguf = PACKAGED_MODELS["smollm2-135m"].gguf_path()
-            teacher = stack.enter_context(Teacher(settings.teacher, embedded_gguf=gguf))
-            # build_splits asks the teacher for data.paraphrase_fraction of the questions.
-            paraphrase = paraphraser_or_none(teacher)
-        bundle = build_splits(settings.data, settings.paths.data_dir, paraphrase=paraphrase)
-        if paraphrase is not None:
-            teacher_used = teacher.used or "none"
-
-    splits = {"train": bundle.train_path, "eval": bundle.eval_path, "test": bundle.test_path}
-    facts: dict[str, Any] = {f"{name}_path": str(path) for name, path in splits.items()}
-    facts["hashes"] = dict(bundle.hashes)
-    facts["report"] = bundle.report.to_dict() if hasattr(bundle.report, "to_dict") else {}
-    facts["teacher"] = teacher_used
-    facts["rows"] = {}
-    with start_step_run("data", parent_run_id, {"evolora.step": "data",
-                                                "evolora.teacher": teacher_used}):
-        for name, path in splits.items():
-            dataset = load_split(path)
-            facts["rows"][name] = len(dataset)
-            context = {"train": "training", "eval": "validation", "test": "testing"}[name]
-            log_dataset_to_mlflow(dataset, f"evolora-{name}", bundle.hashes[name], context)
-        mlflow.log_metrics({f"rows_{name}": float(n) for name, n in facts["rows"].items()})
-        mlflow.log_dict(facts["report"], "data_report.json")
-    log.info("data.ready", rows=facts["rows"], teacher=teacher_used,
-             test_hash=bundle.hashes["test"][:12])
-    return facts
 
 
 def harvest_into_training(settings: Settings, data: dict[str, Any], *, since: float | None,
@@ -65,9 +23,9 @@ def harvest_into_training(settings: Settings, data: dict[str, Any], *, since: fl
     next cycle harvests from. No service database yet means nothing to harvest.
     """
     from agent.tools import default_tools
-    from serving.store import Store
+    from storage.store import Store
     from tasks.data import dataset_hash, save_split
-    from tasks.harvest import harvest_traces, mix_with_synthetic
+    from tasks.harvest.traces import harvest_traces, mix_with_synthetic
 
     facts = {**data, "harvest": {"kept": 0, "watermark": since, "dropped": {}}}
     if not settings.data.harvest or settings.data.harvest_max_rows == 0:

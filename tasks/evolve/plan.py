@@ -1,7 +1,7 @@
 """The breeding plan: its schema, its validation, the table agents read, and the GA policy.
 
 Everything here is plain and deterministic (no LLM, no network), so the AutoGen path in
-`tasks.evolve` and the genetic-algorithm fallback share one definition of a valid plan:
+`tasks.evolve.agents` and the genetic-algorithm fallback share one definition of a valid plan:
 
     plan = validate_plan(reply_text, members, n_children=2, allowed_types=["linear", "cat"])
     plan = ga_plan(members, n_children=2, allowed_types=[...], rng=random.Random(0),

@@ -3,7 +3,7 @@
 Every operation reads ordinary PEFT adapter folders and writes one, atomically (built in a
 hidden sibling folder and renamed at the end, so a crash leaves nothing at `out_dir`), with
 an `evolora-adapter.json` manifest whose `recipe` records how the child was made. The tensor
-maths lives in `tasks.adapter_math`; this module does validation, files and PEFT.
+maths lives in `tasks.evolve.adapter_math`; this module does validation, files and PEFT.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from evolora.logs import get_logger
 from evolora.models import base_model_checksum
 from evolora.settings import Settings
-from tasks.adapter_math import (
+from tasks.evolve.adapter_math import (
     LoraModule,
     change_rank,
     factorize,
@@ -34,10 +34,10 @@ from tasks.adapter_math import (
     module_name,
     ties_combine,
 )
-from tasks.adapter_math import (
+from tasks.evolve.adapter_math import (
     add_noise as add_noise_to_state,
 )
-from tasks.train import ADAPTER_FILES, read_adapter_manifest, write_adapter_manifest
+from tasks.train.trainer import ADAPTER_FILES, read_adapter_manifest, write_adapter_manifest
 
 log = get_logger(__name__)
 
@@ -266,7 +266,7 @@ def merge_from_start(
     For parents that continued training one `start` adapter (the cycle's specialists, each
     continued from the generalist), what each learnt is its task vector `parent - start`.
     `sum` adds the weighted task vectors (task arithmetic); `ties` trims, elects signs and
-    takes the disjoint mean (`tasks.adapter_math.ties_combine`), so what every parent learnt
+    takes the disjoint mean (`tasks.evolve.adapter_math.ties_combine`), so what every parent learnt
     alike (the ReAct format) is not applied n times while what one parent learnt alone keeps
     its full size. PEFT's own merges cannot do this: they combine whole adapters, measured
     from the base model. The child's delta is factored at `rank` (default: the start's and
@@ -452,7 +452,7 @@ def mutate_finetune(settings: Settings, base_model_path: str, adapter_dir: Path,
     A tracked MLflow training run (set up MLflow first); the adapter keeps its rank and
     targets (settings.train.rank/target_modules do not apply to continued training).
     """
-    from tasks.train import train_adapter
+    from tasks.train.trainer import train_adapter
 
     adapter_dir = Path(adapter_dir)
     # train_adapter warms up for at least one step from a learning rate of 0, so a 1-step

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from evolora.settings import ServingSettings, Settings, load_settings
 from evolora.tracking import setup_mlflow
-from tasks.registry import Candidate, register_candidate
+from tasks.registry.versions import Candidate, register_candidate
 
 
 def serving_settings(root: Path, model_dir: Path, **serving: Any) -> Settings:
@@ -52,7 +52,7 @@ def save_tiny_adapter(model_dir: Path, out_dir: Path, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tasks.train import write_adapter_manifest
+    from tasks.train.trainer import write_adapter_manifest
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)

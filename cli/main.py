@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from evolora.cli_common import (
+from cli.common import (
     ConfigOption,
     JsonOption,
     console,
@@ -28,13 +28,13 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and list base models (offline, from packaged GGUFs).",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
-from evolora.cli_registry import registry_app  # noqa: E402
+from cli.registry import registry_app  # noqa: E402
 
 app.add_typer(registry_app, name="registry")
-from evolora.cli_keys import keys_app  # noqa: E402
+from cli.keys import keys_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")
-from evolora.cli_serve import serve_command  # noqa: E402
+from cli.serve import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
 data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
@@ -118,7 +118,7 @@ def doctor(
     as_json: JsonOption = False,
 ) -> None:
     """Check Python, packages, device, GPU, RAM, disk, model, MLflow, Prefect and teachers."""
-    from evolora.doctor import checks_as_json, run_checks
+    from cli.doctor import checks_as_json, run_checks
 
     settings = settings_or_exit(config)
     checks = run_checks(settings)
@@ -143,7 +143,7 @@ def data_generate(
 ) -> None:
     """Generate verified train/eval splits (and the frozen test set, once), log to MLflow."""
     from evolora.tracking import setup_mlflow
-    from tasks.data_pipeline import build_and_log_splits
+    from tasks.data.pipeline import build_and_log_splits
 
     settings = settings_or_exit(config)
     setup_mlflow(settings)
@@ -173,7 +173,7 @@ def train(
 ) -> None:
     """Run the train-adapter flow: data, one LoRA adapter, test-set scores vs the base."""
     from flows.train_adapter import train_adapter_flow
-    from tasks.memory_plan import DoesNotFit
+    from tasks.train.memory_plan import DoesNotFit
 
     settings = settings_or_exit(config)
     try:
@@ -198,12 +198,12 @@ def eval_command(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate the base model or an adapter on the frozen test set, logged to MLflow."""
-    from agent.runtime import AdapterError, ModelRuntime
+    from engines.transformers_runtime import AdapterError, ModelRuntime
     from evolora.models import ModelError, resolve_base_model
     from evolora.tracking import setup_mlflow
-    from tasks.data import load_split
-    from tasks.data_pipeline import build_and_log_splits
-    from tasks.evaluate import evaluate_candidate
+    from tasks.data.examples import load_split
+    from tasks.data.pipeline import build_and_log_splits
+    from tasks.evaluate.scoring import evaluate_candidate
 
     settings = settings_or_exit(config)
     if split not in ("test", "eval"):
@@ -264,7 +264,7 @@ def cycle(
 ) -> None:
     """Run one self-improvement cycle: data, population, evolution, promotion gate."""
     from flows.cycle import cycle_flow
-    from tasks.memory_plan import DoesNotFit
+    from tasks.train.memory_plan import DoesNotFit
 
     settings = settings_or_exit(config)
     try:

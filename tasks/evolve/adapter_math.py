@@ -3,7 +3,7 @@
 A LoRA module adds `scaling * B @ A` to a frozen weight (A: r x in, B: out x r). Everything
 here works on those factors: the dense delta, seeded noise, rank change through the SVD of
 the delta, and a rank-independent cosine distance computed from the factors alone (so
-comparing adapters never builds an out x in matrix). `tasks.merge` does the file and PEFT
+comparing adapters never builds an out x in matrix). `tasks.evolve.merge` does the file and PEFT
 side and calls these.
 """
 
