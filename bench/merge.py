@@ -18,45 +18,44 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evolora.models import resolve_base_model
 from evolora.settings import Settings, load_settings
+from flows.cycle_journal import STATE_FILE, CycleJournal
+from tasks.records import Member
 
 METRICS = ("test_accuracy", "test_accuracy_easy", "test_accuracy_hard")
 
 
 def newest_cycle(settings: Settings) -> Path:
-    cycles = sorted((settings.paths.data_dir / "cycles").glob("*/state.json"))
+    cycles = sorted((settings.paths.data_dir / "cycles").glob(f"*/{STATE_FILE}"))
     if not cycles:
         raise SystemExit("no finished cycle under data/cycles; run `make demo` first")
     return cycles[-1].parent
 
 
-def specialists_of(state: dict[str, Any]) -> list[dict[str, Any]]:
-    members = [v for k, v in state["steps"].items()
-               if k.startswith("member/g0-") and v["recipe"].get("role") == "specialist"]
+def specialists_of(journal: CycleJournal) -> list[Member]:
+    members = [m for m in journal.members.values() if m.role == "specialist"]
     if len(members) < 2:
         raise SystemExit("this cycle has fewer than 2 specialists; nothing to merge")
     return members
 
 
-def build_merge(model_path: str, state: dict[str, Any], specialists: list[dict[str, Any]],
+def build_merge(model_path: str, journal: CycleJournal, specialists: list[Member],
                 method: str, density: float, out: Path) -> Path:
     from tasks.evolve.merge import crossover, merge_from_start
     from tasks.evolve.population import specialist_merge_recipe
 
     plan = specialist_merge_recipe(specialists, method, density=density)
-    if method != "mean" and "start" not in plan:
+    if method != "mean" and plan.start is None:
         raise SystemExit(f"{method} needs specialists that continued one generalist")
-    parents = [Path(m["adapter_dir"]) for m in specialists]
-    if "start" in plan:
-        start = Path(state["steps"][f"member/{plan['start']}"]["adapter_dir"])
-        return merge_from_start(model_path, start, parents, out, method=method,
-                                weights=plan["weights"], density=density)
-    return crossover(model_path, parents, plan["weights"], "cat", out)
+    parents = [m.adapter_dir for m in specialists]
+    if plan.start is not None:
+        return merge_from_start(model_path, journal.members[plan.start].adapter_dir, parents,
+                                out, method=method, weights=plan.weights, density=density)
+    return crossover(model_path, parents, plan.weights, "cat", out)
 
 
 def main() -> None:
@@ -67,40 +66,39 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.5, help="ties: fraction kept")
     args = parser.parse_args()
 
-    from engines.transformers_runtime import ModelRuntime
     from evolora.tracking import setup_mlflow
-    from tasks.data.examples import load_split
-    from tasks.evaluate.scoring import evaluate_candidate
+    from tasks.data import load_split
+    from tasks.evaluate.runner import evaluate_adapters
 
     settings = load_settings(args.config)
     cycle = args.cycle or newest_cycle(settings)
-    state = json.loads((cycle / "state.json").read_text())
-    specialists = specialists_of(state)
+    journal = CycleJournal.load(cycle)
+    if journal is None or journal.data is None:
+        raise SystemExit(f"{cycle} was written by an older evolora or has no data yet")
+    specialists = specialists_of(journal)
     model_path = str(resolve_base_model(settings.model.base, settings.paths.models_dir))
-    rows = list(load_split(Path(state["steps"]["data"]["test_path"])))
+    rows = list(load_split(journal.data.test_path))
 
     with tempfile.TemporaryDirectory() as root:
         store = settings.paths.model_copy(update={"mlruns_dir": Path(root) / "mlruns",
                                                   "tracking_uri": None})
         setup_mlflow(settings.model_copy(update={"paths": store}))
-        runtime = ModelRuntime.load(model_path, settings.model.dtype)
-
-        def score(name: str, adapter_dir: Path) -> dict[str, float]:
-            runtime.attach(name, str(adapter_dir))
-            result = evaluate_candidate(runtime, rows, candidate=name, adapter=name,
-                                        max_new_tokens=settings.model.max_new_tokens)
-            return {k.removeprefix("test_"): round(result.metrics[k], 4) for k in METRICS}
-
-        parents = {m["id"]: score(m["id"], Path(m["adapter_dir"])) for m in specialists}
-        merges = {}
+        built: dict[str, Path | None] = {m.id: m.adapter_dir for m in specialists}
+        merge_s = {}
         for method in args.methods.split(","):
             started = time.perf_counter()
-            merged = build_merge(model_path, state, specialists, method, args.density,
-                                 Path(root) / f"merge-{method}")
-            merge_s = time.perf_counter() - started
-            scores = score(f"merge-{method}", merged)
-            merges[method] = {**scores, "merge_s": round(merge_s, 1), "beats_each_parent": all(
-                scores["accuracy"] > p["accuracy"] for p in parents.values())}
+            built[f"merge-{method}"] = build_merge(model_path, journal, specialists, method,
+                                                   args.density, Path(root) / f"merge-{method}")
+            merge_s[method] = round(time.perf_counter() - started, 1)
+        results = evaluate_adapters(settings.model, model_path, rows, built)
+        scores = {name: {k.removeprefix("test_"): round(r.metrics[k], 4) for k in METRICS}
+                  for name, r in results.items()}
+        parents = {m.id: scores[m.id] for m in specialists}
+        merges = {method: {**scores[f"merge-{method}"], "merge_s": seconds,
+                           "beats_each_parent": all(
+                               scores[f"merge-{method}"]["accuracy"] > p["accuracy"]
+                               for p in parents.values())}
+                  for method, seconds in merge_s.items()}
     print(json.dumps({"cycle": cycle.name, "test_problems": len(rows),
                       "density": args.density, "parents": parents, "merges": merges},
                      indent=1))

@@ -18,6 +18,7 @@ from cli.common import (
     state,
 )
 from evolora.logs import configure_logging
+from tasks.records import CycleSummary
 
 app = typer.Typer(
     name="evolora",
@@ -143,7 +144,7 @@ def data_generate(
 ) -> None:
     """Generate verified train/eval splits (and the frozen test set, once), log to MLflow."""
     from evolora.tracking import setup_mlflow
-    from tasks.data.pipeline import build_and_log_splits
+    from tasks.data import build_and_log_splits
 
     settings = settings_or_exit(config)
     setup_mlflow(settings)
@@ -152,14 +153,14 @@ def data_generate(
     except ValueError as exc:
         raise fail(str(exc), "check the data section of the config") from None
     if as_json:
-        print(json.dumps(data, indent=2))
+        print(data.model_dump_json(indent=2))
         return
     table = Table("split", "rows", "sha256", "path")
     for split in ("train", "eval", "test"):
-        table.add_row(split, str(data["rows"][split]), data["hashes"][split][:16],
-                      data[f"{split}_path"])
+        table.add_row(split, str(data.rows[split]), data.hashes[split][:16],
+                      str(data.path(split)))
     console.print(table)
-    report = data["report"]
+    report = data.report
     console.print(f"kept per skill: {report.get('kept_per_skill', report)}", highlight=False)
 
 
@@ -177,15 +178,15 @@ def train(
 
     settings = settings_or_exit(config)
     try:
-        summary = train_adapter_flow(config=str(config or settings.name), adapter_name=name,
+        summary = train_adapter_flow(settings=settings, adapter_name=name,
                                      evaluate_base=not skip_base)
     except DoesNotFit as exc:
         raise fail(str(exc)) from None
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(summary.model_dump_json(indent=2))
         return
-    print_scores(summary["test"])
-    console.print(f"adapter: {summary['adapter']['adapter_dir']}", highlight=False)
+    print_scores(summary.test)
+    console.print(f"adapter: {summary.adapter.adapter_dir}", highlight=False)
 
 
 @app.command("eval")
@@ -198,12 +199,11 @@ def eval_command(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate the base model or an adapter on the frozen test set, logged to MLflow."""
-    from engines.transformers_runtime import AdapterError, ModelRuntime
+    from engines.transformers_runtime import AdapterError
     from evolora.models import ModelError, resolve_base_model
     from evolora.tracking import setup_mlflow
-    from tasks.data.examples import load_split
-    from tasks.data.pipeline import build_and_log_splits
-    from tasks.evaluate.scoring import evaluate_candidate
+    from tasks.data import build_and_log_splits, load_split
+    from tasks.evaluate.runner import evaluate_adapters
 
     settings = settings_or_exit(config)
     if split not in ("test", "eval"):
@@ -222,18 +222,15 @@ def eval_command(
         raise fail(str(exc)) from None
     setup_mlflow(settings)
     data = build_and_log_splits(settings)
-    rows = list(load_split(Path(data[f"{split}_path"])))
-    runtime = ModelRuntime.load(model_path, settings.model.dtype)
-    candidate = "base"
-    if adapter_dir is not None:
-        candidate = adapter_dir.name
-        try:
-            runtime.attach(candidate, adapter_dir)
-        except (AdapterError, ValueError, OSError) as exc:
-            raise fail(f"adapter {adapter_dir} does not load: {exc}") from None
-    result = evaluate_candidate(runtime, rows, candidate=candidate,
-                                adapter=candidate, split=split,
-                                max_new_tokens=settings.model.max_new_tokens)
+    rows = list(load_split(data.path(split)))
+    candidate = adapter_dir.name if adapter_dir is not None else "base"
+    try:
+        result = evaluate_adapters(settings.model, model_path, rows, {candidate: adapter_dir},
+                                   split=split)[candidate]
+    except (AdapterError, ValueError, OSError) as exc:
+        if adapter_dir is None:
+            raise
+        raise fail(f"adapter {adapter_dir} does not load: {exc}") from None
     if as_json:
         print(json.dumps(result.summary(), indent=2))
         return
@@ -268,49 +265,48 @@ def cycle(
 
     settings = settings_or_exit(config)
     try:
-        summary = cycle_flow(config=str(config or settings.name), new=new)
+        summary = cycle_flow(settings=settings, new=new)
     except DoesNotFit as exc:
         raise fail(str(exc)) from None
     target = summary_path or settings.paths.mlruns_dir / "last-cycle.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(summary, indent=2))
+    target.write_text(summary.model_dump_json(indent=2))
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(summary.model_dump_json(indent=2))
         return
     print_cycle_summary(summary)
     console.print(f"summary written to {target}", highlight=False)
 
 
-def print_cycle_summary(summary: dict) -> None:
+def print_cycle_summary(summary: CycleSummary) -> None:
     """The demo's table: base, best initial, each generation's best, champion."""
     table = Table("candidate", "test accuracy", "hard level", "note")
 
-    def row(label: str, prefix: str, note: str = "") -> None:
-        table.add_row(label, f"{summary[prefix]:.2f}", f"{summary[prefix + '_hard']:.2f}", note)
+    def row(label: str, accuracy: float, hard: float, note: str = "") -> None:
+        table.add_row(label, f"{accuracy:.2f}", f"{hard:.2f}", note)
 
-    row("base model", "base")
-    row(f"best initial ({summary['best_initial_id']})", "best_initial")
-    for gen in summary["generations"]:
-        table.add_row(f"generation {gen['generation']} best ({gen['best_id']})",
-                      f"{gen['best']:.2f}", f"{gen['best_hard']:.2f}",
-                      f"planned by: {gen['policy']}")
-    verdict = "promoted" if summary["promoted"] else "refused: " + "; ".join(
-        summary["gate_reasons"])
-    row(f"challenger ({summary['challenger_id']})", "challenger",
-        f"registry v{summary['registry_version']}, {verdict}")
-    row(f"champion (registry v{summary['champion_version']})", "champion")
+    row("base model", summary.base, summary.base_hard)
+    row(f"best initial ({summary.best_initial_id})", summary.best_initial,
+        summary.best_initial_hard)
+    for gen in summary.generations:
+        row(f"generation {gen.generation} best ({gen.best_id})", gen.best, gen.best_hard,
+            f"planned by: {gen.policy}")
+    verdict = "promoted" if summary.promoted else "refused: " + "; ".join(summary.gate_reasons)
+    row(f"challenger ({summary.challenger_id})", summary.challenger, summary.challenger_hard,
+        f"registry v{summary.registry_version}, {verdict}")
+    row(f"champion (registry v{summary.champion_version})", summary.champion,
+        summary.champion_hard)
     console.print(table)
-    merge = summary.get("specialist_merge")
+    merge = summary.specialist_merge
     if merge:
-        parents = ", ".join(f"{k} {v:.2f}" for k, v in merge["parents"].items())
-        console.print(f"specialist merge {merge['id']} ({merge.get('rule', 'mean')}): "
-                      f"{merge['accuracy']:.2f} vs parents "
-                      f"{parents} (beats each: {merge['beats_each_parent']})", highlight=False)
-    if summary.get("challenger_reason"):
-        console.print(f"challenger {summary['challenger_reason']}", highlight=False)
-    console.print(f"evolution moved test accuracy by {summary['evolution_gain']:+.2f} overall "
-                  f"and {summary['evolution_gain_hard']:+.2f} on the hard level "
-                  f"(best initial -> challenger); wall {summary['wall_s']:.0f} s",
+        parents = ", ".join(f"{k} {v:.2f}" for k, v in merge.parents.items())
+        console.print(f"specialist merge {merge.id} ({merge.rule}): {merge.accuracy:.2f} vs "
+                      f"parents {parents} (beats each: {merge.beats_each_parent})",
+                      highlight=False)
+    console.print(f"challenger {summary.challenger_reason}", highlight=False)
+    console.print(f"evolution moved test accuracy by {summary.evolution_gain:+.2f} overall "
+                  f"and {summary.evolution_gain_hard:+.2f} on the hard level "
+                  f"(best initial -> challenger); wall {summary.wall_s:.0f} s",
                   highlight=False)
 
 

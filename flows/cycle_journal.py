@@ -1,9 +1,11 @@
-"""A cycle's progress on disk, so a cycle killed at any point resumes where it stopped.
+"""A cycle's typed records on disk, so a cycle killed at any point resumes where it stopped.
 
-Every finished step (data, a trained or bred adapter, an evaluation, a generation's plan)
-is recorded in `data/cycles/<id>/state.json`, written atomically (temp file + rename), and
-only after the step's own files are complete. Starting the cycle again reads the record
-and skips what is done: finished adapters are never retrained.
+Every finished step (the data splits, a trained or bred member, an evaluation, a
+generation's plan, the gate's verdict) is kept in `data/cycles/<id>/state.json`, written
+atomically (temp file + rename) and only after the step's own files are complete. Running
+the cycle again reads the journal and skips what is done: finished adapters are never
+retrained. The journal holds the same records the flow passes between its tasks
+(`tasks.records`), so what is resumed is exactly what was produced.
 """
 
 from __future__ import annotations
@@ -12,36 +14,60 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from evolora.logs import get_logger
+from tasks.records import (
+    CycleSummary,
+    DataSplits,
+    GenerationPlan,
+    Member,
+    Promotion,
+    Scores,
+)
+
+log = get_logger(__name__)
 
 STATE_FILE = "state.json"
+JOURNAL_FORMAT = 2
 
 
-@dataclass
-class CycleState:
-    """The record of one cycle: its id, MLflow parent run, and the results of each step."""
+class CycleJournal(BaseModel):
+    """The record of one cycle: its id, MLflow parent run, and every finished step."""
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    format: Literal[2] = JOURNAL_FORMAT
     cycle_id: str
-    folder: Path
-    status: str = "running"
+    status: Literal["running", "done"] = "running"
     parent_run_id: str | None = None
-    started_at: float = field(default_factory=time.time)
-    steps: dict[str, Any] = field(default_factory=dict)
-    # Seconds worked by earlier runs of this cycle, up to each one's last saved step (a
-    # killed run's time after that is lost, as is its unsaved work).
-    work_before_s: float = 0.0
-    _opened: float = field(default_factory=time.monotonic, repr=False)
+    started_at: float = Field(default_factory=time.time)
+    # Seconds worked by all runs of this cycle, up to each one's last saved step (a killed
+    # run's time after that is lost, as is its unsaved work).
+    work_s: float = 0.0
+    data: DataSplits | None = None
+    base_test: Scores | None = None
+    # Trained and bred members by id, in the order they were made, with their scores.
+    members: dict[str, Member] = Field(default_factory=dict)
+    plans: dict[int, GenerationPlan] = Field(default_factory=dict)
+    promotion: Promotion | None = None
+    summary: CycleSummary | None = None
+
+    _folder: Path = PrivateAttr()
+    _work_before_s: float = PrivateAttr(0.0)
+    _opened: float = PrivateAttr(default_factory=time.monotonic)
 
     @classmethod
-    def open(cls, cycles_dir: Path, *, new: bool = False) -> CycleState:
+    def open(cls, cycles_dir: Path, *, new: bool = False) -> CycleJournal:
         """Resume the latest unfinished cycle, or start a new one (always, with `new`)."""
         cycles_dir.mkdir(parents=True, exist_ok=True)
         if not new:
-            unfinished = [s for s in (cls.load(p) for p in sorted(cycles_dir.iterdir())
+            unfinished = [j for j in (cls.load(p) for p in sorted(cycles_dir.iterdir())
                                       if (p / STATE_FILE).is_file())
-                          if s.status != "done"]
+                          if j is not None and j.status != "done"]
             if unfinished:
                 return unfinished[-1]
         cycle_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -51,55 +77,81 @@ class CycleState:
             folder = cycles_dir / f"{cycle_id}-{suffix}"
             suffix += 1
         folder.mkdir(parents=True)
-        state = cls(folder.name, folder)
-        state.save()
-        return state
+        journal = cls(cycle_id=folder.name)
+        journal._folder = folder
+        journal.save()
+        return journal
 
     @classmethod
-    def load(cls, folder: Path) -> CycleState:
-        data = json.loads((folder / STATE_FILE).read_text())
-        return cls(data["cycle_id"], folder, data["status"], data.get("parent_run_id"),
-                   data["started_at"], data.get("steps", {}), data.get("work_s", 0.0))
+    def load(cls, folder: Path) -> CycleJournal | None:
+        """The journal in `folder`, or None for one written by an older evolora (not
+        resumable: its steps were untyped; the cycle starts anew and says so)."""
+        raw = json.loads((folder / STATE_FILE).read_text())
+        if raw.get("format") != JOURNAL_FORMAT:
+            if raw.get("status") != "done":
+                log.warning("cycle.journal_too_old", folder=str(folder),
+                            fix="it cannot be resumed; a new cycle starts instead")
+            return None
+        try:
+            journal = cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ValueError(f"{folder / STATE_FILE} is not a valid cycle journal: {exc}; "
+                             "move the folder away to start a new cycle") from None
+        journal._folder = folder
+        journal._work_before_s = journal.work_s
+        return journal
 
     @staticmethod
-    def last_harvest_watermark(cycles_dir: Path) -> float | None:
+    def harvest_watermark(cycles_dir: Path) -> float | None:
         """Where the last finished cycle's harvest stopped: the next one starts there."""
         if not cycles_dir.is_dir():
             return None
         for folder in sorted(cycles_dir.iterdir(), reverse=True):
-            if (folder / STATE_FILE).is_file():
-                state = CycleState.load(folder)
-                data = state.steps.get("data") or {}
-                if state.status == "done" and data.get("harvest"):
-                    return data["harvest"].get("watermark")
+            if not (folder / STATE_FILE).is_file():
+                continue
+            raw: dict[str, Any] = json.loads((folder / STATE_FILE).read_text())
+            # Format 1 kept the data record under steps["data"].
+            data = raw.get("data") or raw.get("steps", {}).get("data") or {}
+            if raw.get("status") == "done" and data.get("harvest"):
+                return data["harvest"].get("watermark")
         return None
 
     @property
-    def resumed(self) -> bool:
-        return bool(self.steps)
+    def folder(self) -> Path:
+        return self._folder
 
     @property
-    def work_s(self) -> float:
+    def adapters_dir(self) -> Path:
+        return self._folder / "adapters"
+
+    @property
+    def resumed(self) -> bool:
+        """Whether an earlier run of this cycle finished any step."""
+        return self.data is not None
+
+    @property
+    def worked_s(self) -> float:
         """Seconds this cycle has worked, over all its runs (resumes included)."""
-        return self.work_before_s + time.monotonic() - self._opened
+        return self._work_before_s + time.monotonic() - self._opened
 
-    def done(self, step: str) -> Any | None:
-        """The recorded result of `step`, or None if it has not finished."""
-        return self.steps.get(step)
-
-    def record(self, step: str, result: Any) -> Any:
-        """Record a finished step's (JSON-able) result durably; returns the result."""
-        self.steps[step] = result
+    def keep(self, member: Member) -> Member:
+        """Record a member (new, or with new scores) durably; returns it."""
+        self.members[member.id] = member
         self.save()
-        return result
+        return member
+
+    def update(self, **fields: Any) -> None:
+        """Set finished steps' records (validated) and save."""
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self.save()
 
     def save(self) -> None:
-        data = {"cycle_id": self.cycle_id, "status": self.status,
-                "parent_run_id": self.parent_run_id, "started_at": self.started_at,
-                "work_s": round(self.work_s, 1), "steps": self.steps}
-        handle, tmp = tempfile.mkstemp(dir=self.folder, prefix=".state-", suffix=".json")
+        """Write the journal atomically: a crash leaves the old file or the new, never half."""
+        self.work_s = round(self.worked_s, 1)
+        handle, tmp = tempfile.mkstemp(dir=self._folder, prefix=".state-", suffix=".json")
         with os.fdopen(handle, "w") as out:
-            json.dump(data, out, indent=2, default=str)
+            out.write(self.model_dump_json(indent=2))
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, self.folder / STATE_FILE)
+        os.replace(tmp, self._folder / STATE_FILE)

@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from cli.main import app
 from evolora.settings import Settings
 from evolora.tracking import setup_mlflow
-from flows.cycle_journal import STATE_FILE
+from flows.cycle_journal import STATE_FILE, CycleJournal
+from tasks.records import CycleSummary, InitialRecipe, Member, Scores
 
 SUMMARY_KEYS = {"base", "best_initial", "generations", "champion", "promoted", "wall_s"}
 
@@ -52,37 +53,38 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
     result = CliRunner().invoke(app, ["cycle", "-c", "tiny", "--new", "--summary",
                                       str(summary_path)])
     assert result.exit_code == 0, result.output
-    summary = json.loads(summary_path.read_text())
-    assert set(summary) >= SUMMARY_KEYS
-    for key in ("base", "best_initial", "champion"):
-        assert 0.0 <= summary[key] <= 1.0
-    assert len(summary["generations"]) == cycle_env.evolution.generations
-    generation = summary["generations"][0]
-    assert generation["policy"] == "ga"
-    assert 0.0 <= generation["best"] <= 1.0
+    assert set(json.loads(summary_path.read_text())) >= SUMMARY_KEYS
+    summary = CycleSummary.model_validate_json(summary_path.read_text())
+    for accuracy in (summary.base, summary.best_initial, summary.champion):
+        assert 0.0 <= accuracy <= 1.0
+    assert len(summary.generations) == cycle_env.evolution.generations
+    generation = summary.generations[0]
+    assert generation.policy == "ga"
+    assert 0.0 <= generation.best <= 1.0
     # Elitism: a generation's best is never worse (on fitness) than the initial best.
-    state_dir = next((cycle_env.paths.data_dir / "cycles").iterdir())
-    state = json.loads((state_dir / STATE_FILE).read_text())
-    initial_best = max(state["steps"][f"eval/g0-m{i}/eval"]["eval_accuracy"] for i in range(3))
-    assert generation["best_fitness"] >= initial_best
+    journal = CycleJournal.load(next((cycle_env.paths.data_dir / "cycles").iterdir()))
+    assert journal is not None and journal.status == "done" and journal.summary == summary
+    initial = [journal.members[f"g0-m{i}"] for i in range(3)]
+    assert generation.best_fitness >= max(m.fitness for m in initial)
     # The specialists continued the generalist and were composed as the mean of their
     # deltas; the report compares the merge with each of its parents.
-    for specialist in ("g0-m1", "g0-m2"):
-        assert state["steps"][f"member/{specialist}"]["recipe"]["init_from"] == "g0-m0"
-    merge = summary["specialist_merge"]
-    assert merge is not None and set(merge["parents"]) == {"g0-m1", "g0-m2"}
-    assert merge["rule"] == "mean (all continued g0-m0)" and merge["weights"] == [0.5, 0.5]
+    for specialist in initial[1:]:
+        assert isinstance(specialist.recipe, InitialRecipe)
+        assert specialist.recipe.init_from == "g0-m0"
+    merge = summary.specialist_merge
+    assert merge is not None and set(merge.parents) == {"g0-m1", "g0-m2"}
+    assert merge.rule == "mean (all continued g0-m0)" and merge.weights == [0.5, 0.5]
     # The challenger never falls below the best initial member on the test set.
-    assert summary["challenger"] >= summary["best_initial"]
-    assert summary["challenger_reason"].startswith(summary["challenger_id"])
+    assert summary.challenger >= summary.best_initial
+    assert summary.challenger_reason.startswith(summary.challenger_id)
     # First cycle: no champion yet, so the gate promotes.
-    assert summary["promoted"] is True
+    assert summary.promoted is True
 
     setup_mlflow(cycle_env)
     client = MlflowClient()
     champion = client.get_model_version_by_alias(
         cycle_env.evolution.registry_model_name, "champion")
-    assert str(champion.version) == str(summary["registry_version"])
+    assert str(champion.version) == summary.registry_version
     tags = champion.tags
     assert "evolora.base_model_sha256" in tags
     assert "evolora.data_hashes" in tags
@@ -90,14 +92,48 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
 
     shown = CliRunner().invoke(app, ["registry", "show", "champion", "-c", "tiny", "--json"])
     assert shown.exit_code == 0, shown.output
-    assert summary["challenger_id"] in shown.stdout
+    assert summary.challenger_id in shown.stdout
+
+
+@pytest.mark.server
+def test_a_config_outside_configs_reaches_the_flow(
+    cycle_env: Settings, prefect_harness: None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EVOLORA_CONFIG naming a YAML file anywhere: the settings the CLI loaded are the ones
+    the flow runs with (it used to reload the config by name from configs/)."""
+    import yaml
+
+    from evolora.paths import CONFIGS_DIR
+
+    raw = yaml.safe_load((CONFIGS_DIR / "tiny.yaml").read_text())
+    raw["data"]["test_per_skill"] = 1
+    raw["evolution"]["registry_model_name"] = "outside-adapter"
+    mine = tmp_path / "elsewhere" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("EVOLORA_CONFIG", str(mine))
+    monkeypatch.setenv("EVOLORA_EVOLUTION__GENERATIONS", "0")
+
+    result = CliRunner().invoke(app, ["cycle", "--new", "--summary",
+                                      str(tmp_path / "summary.json")])
+    assert result.exit_code == 0, result.output
+    journal = CycleJournal.load(next((cycle_env.paths.data_dir / "cycles").iterdir()))
+    assert journal is not None and journal.data is not None
+    assert journal.data.rows["test"] == len(cycle_env.data.skills)  # 1 per skill, as in mine
+    setup_mlflow(cycle_env)
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("outside-adapter", "champion")
+    assert str(champion.version) == journal.promotion.version
+    parent = client.get_run(journal.parent_run_id)
+    assert parent.data.params["name"] == "mine"
 
 
 @pytest.mark.server
 @pytest.mark.slow
 def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "cli.main", "cycle", "-c", "tiny", "--new",
+    command = [sys.executable, "-m", "cli", "cycle", "-c", "tiny", "--new",
                "--summary", str(tmp_path / "first.json")]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
@@ -110,7 +146,7 @@ def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: 
             files = list(cycles.glob(f"*/{STATE_FILE}")) if cycles.exists() else []
             if files:
                 state = json.loads(files[0].read_text())
-                if "plan/1" in state["steps"]:
+                if "1" in state.get("plans", {}):
                     break
             time.sleep(0.2)
         assert process.poll() is None, "the cycle ended before it could be killed"
@@ -120,24 +156,23 @@ def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: 
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     state_file = files[0]
-    before = json.loads(state_file.read_text())
-    assert before["status"] == "running"
-    trained = [k for k in before["steps"] if k.startswith("member/g0-")]
+    before = CycleJournal.load(state_file.parent)
+    assert before is not None and before.status == "running"
+    trained = [m for m in before.members.values() if m.generation == 0]
     assert len(trained) == 3
-    weights = {k: Path(before["steps"][k]["adapter_dir"]) / "adapter_model.safetensors"
-               for k in trained}
+    weights = {m.id: m.adapter_dir / "adapter_model.safetensors" for m in trained}
     mtimes = {k: p.stat().st_mtime_ns for k, p in weights.items()}
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "cli.main", "cycle", "-c", "tiny", "--summary",
+        [sys.executable, "-m", "cli", "cycle", "-c", "tiny", "--summary",
          str(tmp_path / "second.json")], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    summary = json.loads((tmp_path / "second.json").read_text())
-    assert summary["resumed"] is True
-    assert summary["cycle_id"] == before["cycle_id"]
+    summary = CycleSummary.model_validate_json((tmp_path / "second.json").read_text())
+    assert summary.resumed is True
+    assert summary.cycle_id == before.cycle_id
     # wall_s counts the killed run's recorded work too, not just the resumed run.
-    assert summary["wall_s"] >= before["work_s"] + summary["wall_s_this_run"] - 1.0
-    assert before["work_s"] > 0
+    assert summary.wall_s >= before.work_s + summary.wall_s_this_run - 1.0
+    assert before.work_s > 0
     assert {k: p.stat().st_mtime_ns for k, p in weights.items()} == mtimes, \
         "finished adapters must not be retrained"
     setup_mlflow(cycle_env)
@@ -148,24 +183,33 @@ def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: 
     initial_runs = [r for r in train_runs
                     if r.data.tags.get("evolora.adapter", "").startswith("g0-")]
     assert len(initial_runs) == 3, "each initial member trained exactly once"
-    after = json.loads(state_file.read_text())
-    assert after["status"] == "done"
+    after = CycleJournal.load(state_file.parent)
+    assert after is not None and after.status == "done"
+    # The resumed run kept the plan the killed one recorded.
+    assert after.plans[1] == before.plans[1]
+
+
+def _member(member_id: str, eval_accuracy: float) -> Member:
+    return Member(id=member_id, adapter_dir=Path("/adapters") / member_id, rank=4,
+                  generation=int(member_id[1]),
+                  recipe=InitialRecipe(role="generalist", skills=["units"], seed=0, steps=1),
+                  eval=Scores(split="eval", metrics={"eval_accuracy": eval_accuracy}))
 
 
 def test_the_challenger_is_the_fittest_unless_it_tests_below_the_best_initial() -> None:
     from flows.cycle import pick_challenger
 
-    initial = {"id": "g0-m0", "fitness": 0.40}
-    merge = {"id": "g1-c1", "fitness": 0.57}
+    initial = _member("g0-m0", 0.40)
+    merge = _member("g1-c1", 0.57)
     population = [initial, merge]
     # The latest demo: the merge was fittest on eval (0.57) but scored 0.333 vs 0.35 on test.
     test = {"g0-m0": 0.35, "g1-c1": 0.333}
-    chosen, reason = pick_challenger(population, initial, lambda m: test[m["id"]])
+    chosen, reason = pick_challenger(population, initial, lambda m: test[m.id])
     assert chosen is initial
     assert reason == ("g0-m0: the fittest, g1-c1, scored 0.333 on the test set, below the "
                       "best initial member's 0.350")
     test["g1-c1"] = 0.35  # a tie keeps the fittest
-    chosen, reason = pick_challenger(population, initial, lambda m: test[m["id"]])
+    chosen, reason = pick_challenger(population, initial, lambda m: test[m.id])
     assert chosen is merge and reason == "g1-c1: the fittest on the eval split"
     asked = []
     chosen, _ = pick_challenger([initial], initial, lambda m: asked.append(m) or 0.0)
@@ -173,13 +217,37 @@ def test_the_challenger_is_the_fittest_unless_it_tests_below_the_best_initial() 
 
 
 def test_cycle_work_time_adds_up_over_runs(tmp_path: Path) -> None:
-    from flows.cycle_journal import CycleState
-
-    first = CycleState.open(tmp_path)
+    first = CycleJournal.open(tmp_path)
     time.sleep(0.05)
-    first.record("data", {"rows": 1})
+    first.update(parent_run_id="run-1")
     worked = json.loads((first.folder / STATE_FILE).read_text())["work_s"]
     assert worked >= 0.05
-    resumed = CycleState.open(tmp_path)
-    assert resumed.cycle_id == first.cycle_id and resumed.work_before_s == worked
-    assert resumed.work_s >= worked
+    resumed = CycleJournal.open(tmp_path)
+    assert resumed.cycle_id == first.cycle_id and resumed.work_s == worked
+    assert resumed.worked_s >= worked
+
+
+def test_a_journal_keeps_typed_records_and_refuses_a_corrupt_one(tmp_path: Path) -> None:
+    journal = CycleJournal.open(tmp_path)
+    member = journal.keep(_member("g0-m0", 0.5))
+    journal.keep(member.with_scores(Scores(split="test", metrics={"test_accuracy": 0.25})))
+    loaded = CycleJournal.load(journal.folder)
+    assert loaded is not None
+    assert loaded.members["g0-m0"].fitness == 0.5
+    assert loaded.members["g0-m0"].test.accuracy == 0.25
+    # A renamed field is caught on load, with the file named and the fix.
+    raw = json.loads((journal.folder / STATE_FILE).read_text())
+    raw["members"]["g0-m0"]["adapter_folder"] = raw["members"]["g0-m0"].pop("adapter_dir")
+    (journal.folder / STATE_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"(?s)not a valid cycle journal.*move the folder away"):
+        CycleJournal.load(journal.folder)
+
+
+def test_an_unfinished_journal_of_the_old_format_is_not_resumed(tmp_path: Path) -> None:
+    old = tmp_path / "20261101-000000"
+    old.mkdir()
+    (old / STATE_FILE).write_text(json.dumps({
+        "cycle_id": old.name, "status": "running", "started_at": 0.0,
+        "steps": {"data": {"harvest": {"watermark": 5.0}}}}))
+    journal = CycleJournal.open(tmp_path)
+    assert journal.cycle_id != old.name and journal.members == {}

@@ -17,19 +17,18 @@ from support.scripted_openai import Delay, Fail, ScriptedOpenAI, system_prompt
 
 from engines.llama_server import EmbeddedLlamaServer, default_gguf_path
 from evolora.settings import EvolutionSettings
-from tasks.evolve.agents import (
-    BreedingPlan,
-    Member,
+from evolora.vocabulary import UNEQUAL_RANK_TYPES
+from tasks.evolve.agents import decide_plan, llm_config_for, propose_with_agents
+from tasks.evolve.plan import (
     PlanError,
-    decide_plan,
     ga_plan,
-    llm_config_for,
+    plan_json_schema,
     population_table,
-    propose_with_agents,
     select_survivors,
     validate_plan,
+    weight_shares,
 )
-from tasks.evolve.plan import UNEQUAL_RANK_TYPES, plan_json_schema, weight_shares
+from tasks.records import BreedingPlan, ChildRecipe, InitialRecipe, Member, Mutation, Scores
 
 ALL_TYPES = ["linear", "cat", "ties", "dare_ties"]
 
@@ -40,18 +39,21 @@ def make_members(
     ranks = ranks or [8, 8, 8, 16]
     fitness = fitness or [0.1 + 0.2 * i for i in range(len(ranks))]
     return [
-        Member(
-            id=f"m{i}",
-            adapter_dir=f"/adapters/m{i}",
-            fitness=fit,
-            metrics={"arithmetic": fit, "units": 1 - fit},
-            rank=rank,
-            generation=0,
-            parents=[],
-            recipe={"seed": i, "lr": 1e-3},
-        )
+        member(f"m{i}", fit, rank=rank,
+               recipe=InitialRecipe(role="generalist", skills=["arithmetic"], seed=i, steps=10))
         for i, (rank, fit) in enumerate(zip(ranks, fitness, strict=True))
     ]
+
+
+def member(member_id: str, fitness: float, *, rank: int = 8, generation: int = 0,
+           parents: list[str] | None = None,
+           recipe: InitialRecipe | ChildRecipe | None = None) -> Member:
+    """A population member whose eval accuracy (its fitness) is `fitness`."""
+    return Member(
+        id=member_id, adapter_dir=f"/adapters/{member_id}", rank=rank, generation=generation,
+        parents=parents or [],
+        recipe=recipe or InitialRecipe(role="generalist", skills=["units"], seed=0, steps=1),
+        eval=Scores(split="eval", metrics={"eval_accuracy": fitness}))
 
 
 def plan_dict(*children: dict[str, Any]) -> dict[str, Any]:
@@ -211,24 +213,16 @@ def test_plan_schema_falls_back_to_an_enum_for_a_large_population() -> None:
     assert all(p["items"]["enum"] == [m.id for m in members] for p in enums)
 
 
-def test_population_table_shows_fitness_skills_rank_and_lineage() -> None:
+def test_population_table_shows_fitness_rank_and_lineage() -> None:
     members = make_members()
-    members.append(
-        Member(
-            "c1",
-            "/adapters/c1",
-            0.95,
-            {"arithmetic": 1.0},
-            16,
-            1,
-            ["m2", "m3"],
-            {"combination_type": "cat", "weights": [0.5, 0.5], "mutation": {"kind": "noise"}},
-        )
-    )
+    recipe = ChildRecipe(combination_type="cat", weights=[0.5, 0.5],
+                         mutation=Mutation(kind="noise", strength=0.01))
+    members.append(member("c1", 0.95, rank=16, generation=1, parents=["m2", "m3"],
+                          recipe=recipe))
     table = population_table(members).splitlines()
-    assert table[0] == "| id | fitness | arithmetic | units | rank | gen | parents | recipe |"
-    assert table[2].startswith("| c1 | 0.950 | 1.00 | - | 16 | 1 | m2,m3 | combination_type=cat")
-    assert "mutation=noise" in table[2]
+    assert table[0] == "| id | fitness | rank | gen | parents | recipe |"
+    assert table[2].startswith("| c1 | 0.950 | 16 | 1 | m2,m3 | kind=child combination_type=cat")
+    assert "weights=0.5/0.5" in table[2]
     assert table[-1].startswith("| m0 | 0.100 |")  # best first
 
 
@@ -286,7 +280,7 @@ def test_select_survivors_keeps_the_elite_and_the_best_never_worsens() -> None:
     best = [max(m.fitness for m in population)]
     for generation in range(1, 30):
         children = [
-            Member(f"g{generation}c{i}", "", rng.random() * 0.8, {}, 8, generation, [], {})
+            member(f"g{generation}c{i}", rng.random() * 0.8, generation=generation)
             for i in range(3)
         ]
         elite = sorted(population, key=lambda m: -m.fitness)[:2]
@@ -333,8 +327,8 @@ def test_agents_plan_approved_by_critic_is_used() -> None:
     plan, record, server, logs = run_decide(
         lambda body: "APPROVE" if is_critic(body) else "```json\n" + json.dumps(GOOD_PLAN) + "```"
     )
-    assert record["policy"] == "agents"
-    assert "approved by the critic" in record["reason"]
+    assert record.policy == "agents"
+    assert "approved by the critic" in record.reason
     assert plan.children[1].combination_type == "cat"
     assert len(server.requests) == 2  # breeder, critic: no LLM call spent on speaker choice
     breeder_request = server.requests[0]
@@ -358,7 +352,7 @@ def test_critic_asks_for_a_fix_and_the_fixed_plan_wins() -> None:
         "APPROVE",
     ]
     plan, record, server, _ = run_decide(script)
-    assert record["policy"] == "agents", record
+    assert record.policy == "agents", record
     assert plan.children[0].parents == ["m1", "m2"]
     assert len(server.requests) == 4
     # The breeder's second turn saw the critic's complaint.
@@ -374,11 +368,11 @@ def test_only_an_opening_approve_counts_as_approval() -> None:
 
 def test_malformed_replies_fall_back_to_ga_and_log_why() -> None:
     plan, record, _, logs = run_decide(["I think m3 is nice.", "REVISE: no JSON", "{oops"])
-    assert record["policy"] == "ga"
-    assert "no valid plan in 4 turns" in record["reason"]
+    assert record.policy == "ga"
+    assert "no valid plan in 4 turns" in record.reason
     # Each speaker's newest problem (the script repeats its last reply for the 4th turn).
-    assert "critic: the reply holds no JSON object (got '{oops')" in record["reason"]
-    assert "breeder: the reply holds no JSON object (got '{oops')" in record["reason"]
+    assert "critic: the reply holds no JSON object (got '{oops')" in record.reason
+    assert "breeder: the reply holds no JSON object (got '{oops')" in record.reason
     assert plan.rationale.startswith("GA")
     warned = [e for e in logs if e["event"] == "evolve.agents_failed"]
     assert warned and "no valid plan" in warned[0]["reason"]
@@ -387,15 +381,15 @@ def test_malformed_replies_fall_back_to_ga_and_log_why() -> None:
 def test_late_reply_times_out_to_ga() -> None:
     started = time.perf_counter()
     _, record, _, _ = run_decide([Delay(8.0, json.dumps(GOOD_PLAN))], timeout_s=1.0)
-    assert record["policy"] == "ga"
-    assert record["reason"].startswith("agents failed (timeout")
+    assert record.policy == "ga"
+    assert record.reason.startswith("agents failed (timeout")
     assert time.perf_counter() - started < 5  # the caller did not wait for the late reply
 
 
 def test_http_500_falls_back_to_ga() -> None:
     _, record, server, _ = run_decide([Fail(500, "model crashed")])
-    assert record["policy"] == "ga"
-    assert "exception" in record["reason"] and "model crashed" in record["reason"]
+    assert record.policy == "ga"
+    assert "exception" in record.reason and "model crashed" in record.reason
     assert len(server.requests) == 1  # max_retries=0: one deadline, no retries
 
 
@@ -406,10 +400,10 @@ def test_a_server_that_rejects_the_schema_is_asked_again_without_it() -> None:
         return "APPROVE" if is_critic(body) else json.dumps(GOOD_PLAN)
 
     plan, record, server, _ = run_decide(script)
-    assert record["policy"] == "agents", record
-    assert record["reason"].startswith("valid plan from the breeder, approved by the critic")
-    assert "asked without the schema after: exception: BadRequestError" in record["reason"]
-    assert "prefixItems" in record["reason"]
+    assert record.policy == "agents", record
+    assert record.reason.startswith("valid plan from the breeder, approved by the critic")
+    assert "asked without the schema after: exception: BadRequestError" in record.reason
+    assert "prefixItems" in record.reason
     assert plan.children[1].combination_type == "cat"
     # The refused request, then breeder and critic without a response_format.
     assert len(server.requests) == 3
@@ -419,16 +413,16 @@ def test_a_server_that_rejects_the_schema_is_asked_again_without_it() -> None:
 def test_unknown_parent_and_linear_on_unequal_ranks_are_rejected() -> None:
     bad = plan_dict(child(["m1", "ghost"]), child(["m2", "m3"], "linear"))
     _, record, _, _ = run_decide(lambda body: "APPROVE" if is_critic(body) else json.dumps(bad))
-    assert record["policy"] == "ga"
-    assert "unknown member id 'ghost'" in record["reason"]
-    assert "'linear' needs parents of equal rank" in record["reason"]
+    assert record.policy == "ga"
+    assert "unknown member id 'ghost'" in record.reason
+    assert "'linear' needs parents of equal rank" in record.reason
 
 
 def test_no_llm_config_uses_ga() -> None:
     plan, record = decide_plan(
         make_members(), settings(), n_children=3, rng=random.Random(1), llm_config=None
     )
-    assert record["policy"] == "ga" and "no llm_config" in record["reason"]
+    assert record.policy == "ga" and "no llm_config" in record.reason
     assert len(plan.children) == 3
 
 
@@ -452,11 +446,11 @@ def test_real_llama_server_yields_a_valid_plan(llama: EmbeddedLlamaServer) -> No
         members, evolution, n_children=1, rng=random.Random(0), llm_config=config, max_rounds=2
     )
     validate_plan(plan.model_dump(), members, n_children=1, allowed_types=ALL_TYPES)
-    assert record["policy"] in {"agents", "ga"}
-    if record["policy"] == "agents":
-        assert record["reason"].startswith("valid plan from the")
+    assert record.policy in {"agents", "ga"}
+    if record.policy == "agents":
+        assert record.reason.startswith("valid plan from the")
     else:
-        assert record["reason"].startswith("agents failed (")
+        assert record.reason.startswith("agents failed (")
     print(json.dumps(record, indent=1))  # visible with -s: what the model actually did
 
 

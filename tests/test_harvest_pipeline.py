@@ -42,16 +42,16 @@ def test_harvested_traces_join_the_training_split_and_are_logged(
     with mlflow.start_run() as parent:
         mixed = harvest_into_training(tiny_settings, data, since=None,
                                       parent_run_id=parent.info.run_id)
-    assert mixed["harvest"]["kept"] == 2
-    assert sum(mixed["harvest"]["dropped"].values()) == 1  # the thumbs-down trace
-    assert mixed["train_path"] != data["train_path"]
-    assert mixed["hashes"]["train"] != data["hashes"]["train"]
-    assert mixed["hashes"]["test"] == data["hashes"]["test"], "the test set never changes"
-    rows = load_split(mixed["train_path"])
+    assert mixed.harvest.kept == 2
+    assert sum(mixed.harvest.dropped.values()) == 1  # the thumbs-down trace
+    assert mixed.train_path != data.train_path
+    assert mixed.hashes["train"] != data.hashes["train"]
+    assert mixed.hashes["test"] == data.hashes["test"], "the test set never changes"
+    rows = load_split(mixed.train_path)
     harvested = [r for r in rows if r["source"] == "harvested"]
     assert {r["question"] for r in harvested} == {"How much is 37 times 3?",
                                                   "What is 1000 g in kg?"}
-    assert len(rows) == len(load_split(data["train_path"])) + 2
+    assert len(rows) == len(load_split(data.train_path)) + 2
 
     client = MlflowClient()
     runs = client.search_runs([parent.info.experiment_id],
@@ -59,6 +59,6 @@ def test_harvested_traces_join_the_training_split_and_are_logged(
     assert len(runs) == 1 and runs[0].data.metrics["harvested_rows"] == 2.0
 
     # The watermark moves on: a second harvest from it finds nothing new.
-    again = harvest_into_training(tiny_settings, data, since=mixed["harvest"]["watermark"])
-    assert again["harvest"]["kept"] == 0
-    assert again["train_path"] == data["train_path"]
+    again = harvest_into_training(tiny_settings, data, since=mixed.harvest.watermark)
+    assert again.harvest.kept == 0
+    assert again.train_path == data.train_path

@@ -38,7 +38,7 @@ def test_train_adapter_flow_writes_adapter_and_tracks_every_step(
 
     summary = train_adapter_flow(config="tiny", adapter_name="a0")
 
-    adapter_dir = Path(summary["adapter"]["adapter_dir"])
+    adapter_dir = summary.adapter.adapter_dir
     assert adapter_dir == tiny_settings.paths.data_dir / "adapters" / "a0"
     assert {"adapter_config.json", "adapter_model.safetensors", ADAPTER_MANIFEST} <= {
         p.name for p in adapter_dir.iterdir()}
@@ -53,7 +53,7 @@ def test_train_adapter_flow_writes_adapter_and_tracks_every_step(
 
     setup_mlflow(tiny_settings)
     client = MlflowClient()
-    parent = client.get_run(summary["mlflow_run_id"])
+    parent = client.get_run(summary.mlflow_run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -83,7 +83,7 @@ def test_train_adapter_flow_writes_adapter_and_tracks_every_step(
     contexts = {tag.value for i in data_run.inputs.dataset_inputs for tag in i.tags
                 if tag.key == "mlflow.data.context"}
     assert contexts == {"training", "validation", "testing"}
-    assert summary["test"]["base"]["test_accuracy"] == \
+    assert summary.test["base"]["test_accuracy"] == \
         by_step[("evaluate", "base")].data.metrics["test_accuracy"]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any
 
 import mlflow
 
@@ -13,16 +12,16 @@ from evolora.settings import Settings
 from evolora.tracking import start_step_run
 from tasks.data.examples import build_splits, load_split, log_dataset_to_mlflow
 from tasks.data.teacher import Teacher, paraphraser_or_none
+from tasks.records import DataSplits
 
 log = get_logger(__name__)
 
 
-def build_and_log_splits(settings: Settings, parent_run_id: str | None = None
-                         ) -> dict[str, Any]:
+def build_and_log_splits(settings: Settings, parent_run_id: str | None = None) -> DataSplits:
     """Build (or reuse) the splits and log them to an MLflow `data` run.
 
-    Returns JSON-able facts: each split's folder, content hash and row count, and the
-    generation report (per-skill counts, drops by reason, diversity, teacher use).
+    Returns each split's folder, content hash and row count, and the generation report
+    (per-skill counts, drops by reason, diversity, teacher use).
     """
     with ExitStack() as stack:
         paraphrase = None
@@ -39,20 +38,18 @@ def build_and_log_splits(settings: Settings, parent_run_id: str | None = None
             teacher_used = teacher.used or "none"
 
     splits = {"train": bundle.train_path, "eval": bundle.eval_path, "test": bundle.test_path}
-    facts: dict[str, Any] = {f"{name}_path": str(path) for name, path in splits.items()}
-    facts["hashes"] = dict(bundle.hashes)
-    facts["report"] = bundle.report.to_dict() if hasattr(bundle.report, "to_dict") else {}
-    facts["teacher"] = teacher_used
-    facts["rows"] = {}
+    report = bundle.report.to_dict() if hasattr(bundle.report, "to_dict") else {}
+    rows: dict[str, int] = {}
     with start_step_run("data", parent_run_id, {"evolora.step": "data",
                                                 "evolora.teacher": teacher_used}):
         for name, path in splits.items():
             dataset = load_split(path)
-            facts["rows"][name] = len(dataset)
+            rows[name] = len(dataset)
             context = {"train": "training", "eval": "validation", "test": "testing"}[name]
             log_dataset_to_mlflow(dataset, f"evolora-{name}", bundle.hashes[name], context)
-        mlflow.log_metrics({f"rows_{name}": float(n) for name, n in facts["rows"].items()})
-        mlflow.log_dict(facts["report"], "data_report.json")
-    log.info("data.ready", rows=facts["rows"], teacher=teacher_used,
-             test_hash=bundle.hashes["test"][:12])
-    return facts
+        mlflow.log_metrics({f"rows_{name}": float(n) for name, n in rows.items()})
+        mlflow.log_dict(report, "data_report.json")
+    log.info("data.ready", rows=rows, teacher=teacher_used, test_hash=bundle.hashes["test"][:12])
+    return DataSplits(train_path=bundle.train_path, eval_path=bundle.eval_path,
+                      test_path=bundle.test_path, hashes=dict(bundle.hashes), rows=rows,
+                      report=report, teacher=teacher_used)

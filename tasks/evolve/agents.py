@@ -14,7 +14,6 @@ falls back to `ga_plan`, and the record says which policy decided and why:
 from __future__ import annotations
 
 import copy
-import json
 import random
 import re
 import threading
@@ -23,34 +22,15 @@ from typing import Any
 
 from evolora.logs import get_logger
 from evolora.settings import EvolutionSettings
+from evolora.vocabulary import UNEQUAL_RANK_TYPES
 from tasks.evolve.plan import (
-    UNEQUAL_RANK_TYPES,
-    BreedingPlan,
-    ChildPlan,
-    Member,
-    Mutation,
     PlanError,
     ga_plan,
     plan_json_schema,
     population_table,
-    select_survivors,
     validate_plan,
 )
-
-__all__ = [
-    "BreedingPlan",
-    "ChildPlan",
-    "Member",
-    "Mutation",
-    "PlanError",
-    "decide_plan",
-    "ga_plan",
-    "llm_config_for",
-    "population_table",
-    "propose_with_agents",
-    "select_survivors",
-    "validate_plan",
-]
+from tasks.records import BreedingPlan, Member, PlanDecision
 
 log = get_logger(__name__)
 
@@ -253,8 +233,8 @@ def decide_plan(
     rng: random.Random,
     llm_config: dict[str, Any] | None,
     max_rounds: int = 4,
-) -> tuple[BreedingPlan, dict[str, Any]]:
-    """This generation's plan and a record {"policy", "reason", "seconds", ...} of who decided."""
+) -> tuple[BreedingPlan, PlanDecision]:
+    """This generation's plan, and who decided it (the agents or the GA), why and how fast."""
     started = time.perf_counter()
     allowed = list(settings.combination_types)
     plan: BreedingPlan | None = None
@@ -294,12 +274,8 @@ def decide_plan(
             rng=rng,
             mutation_strength=settings.mutation_std,
         )
-    record = {
-        "policy": policy,
-        "reason": reason,
-        "seconds": round(time.perf_counter() - started, 3),
-        "n_children": n_children,
-        "plan": json.loads(plan.model_dump_json()),
-    }
-    log.info("evolve.plan_decided", policy=policy, reason=reason, seconds=record["seconds"])
-    return plan, record
+    decision = PlanDecision(policy=policy, reason=reason,
+                            seconds=round(time.perf_counter() - started, 3))
+    log.info("evolve.plan_decided", policy=policy, reason=reason, seconds=decision.seconds,
+             plan=plan.model_dump(mode="json"))
+    return plan, decision

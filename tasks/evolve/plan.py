@@ -15,74 +15,29 @@ import itertools
 import json
 import random
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
-CombinationType = Literal[
-    "linear",
-    "cat",
-    "svd",
-    "ties",
-    "ties_svd",
-    "dare_ties",
-    "dare_linear",
-    "magnitude_prune",
-]
-# PEFT's add_weighted_adapter merges unequal LoRA ranks only with these (checked in PEFT 0.21);
-# every other type needs all parents at the same rank.
-UNEQUAL_RANK_TYPES = frozenset({"cat", "svd", "ties_svd"})
-# Types whose `density` (fraction of weights kept) matters.
-DENSITY_TYPES = frozenset({"ties", "ties_svd", "dare_ties", "dare_linear", "magnitude_prune"})
-MAX_PARENTS = 4
+from evolora.vocabulary import DENSITY_TYPES, UNEQUAL_RANK_TYPES
+from tasks.records import (
+    MAX_FINETUNE_STEPS,
+    MAX_PARENTS,
+    BreedingPlan,
+    ChildPlan,
+    ChildRecipe,
+    InitialRecipe,
+    Member,
+    Mutation,
+)
+
 # A child's weights are shares of at most 1 in all. Members share most of what they learnt
 # (the ReAct format; specialists continue the generalist), so weights adding up to s apply
 # that shared part about s times: the demo breeder's linear [1.2, 1.2] child scored 0.00.
 MAX_WEIGHT = 1.0
 MAX_WEIGHT_SUM = 1.0
-MAX_FINETUNE_STEPS = 50
 # Parent sets spelt out in the grammar before it falls back to an enum per parent count.
 MAX_SCHEMA_PARENT_SETS = 64
-
-
-@dataclass
-class Member:
-    """One adapter of the population; `fitness` is its eval-split accuracy (0..1)."""
-
-    id: str
-    adapter_dir: str
-    fitness: float
-    metrics: dict[str, float] = field(default_factory=dict)
-    rank: int = 16
-    generation: int = 0
-    parents: list[str] = field(default_factory=list)
-    recipe: dict[str, Any] = field(default_factory=dict)
-
-
-class Mutation(BaseModel):
-    kind: Literal["none", "noise", "rank", "finetune"] = "none"
-    strength: float = Field(0.0, ge=0.0, le=1.0, description="noise: relative std of the noise")
-    rank: int | None = Field(None, gt=0, le=512, description="rank: the child's new LoRA rank")
-    steps: int | None = Field(
-        None, ge=1, le=MAX_FINETUNE_STEPS, description="finetune: training steps"
-    )
-
-
-class ChildPlan(BaseModel):
-    parents: list[str] = Field(
-        ..., min_length=1, max_length=MAX_PARENTS, description="member ids; 1 = mutation only"
-    )
-    combination_type: CombinationType = "linear"
-    weights: list[float] = Field(..., description="one per parent, each 0..1, adding up "
-                                 "to at most 1")
-    density: float = Field(0.5, ge=0.0, le=1.0)
-    mutation: Mutation = Field(default_factory=Mutation)
-
-
-class BreedingPlan(BaseModel):
-    children: list[ChildPlan]
-    rationale: str = ""
 
 
 class PlanError(ValueError):
@@ -307,12 +262,10 @@ def _parent_sets(ids: list[str], count: int, skip_within: list[list[str]]) -> li
 # -- the table the agents read ----------------------------------------------------------------
 
 
-def recipe_summary(recipe: dict[str, Any]) -> str:
+def recipe_summary(recipe: InitialRecipe | ChildRecipe) -> str:
     """A short one-line description of how a member was made."""
-    if not recipe:
-        return "-"
     parts = []
-    for key, value in recipe.items():
+    for key, value in recipe.to_json().items():
         if isinstance(value, dict):
             value = value.get("kind", "…")
         elif isinstance(value, list | tuple):
@@ -326,14 +279,12 @@ def recipe_summary(recipe: dict[str, Any]) -> str:
 
 def population_table(members: list[Member]) -> str:
     """A markdown table of the population, best first: what the breeding agents read."""
-    skills = sorted({key for m in members for key in m.metrics})
-    header = ["id", "fitness", *skills, "rank", "gen", "parents", "recipe"]
+    header = ["id", "fitness", "rank", "gen", "parents", "recipe"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in sorted(members, key=lambda m: -m.fitness):
         cells = [
             m.id,
             f"{m.fitness:.3f}",
-            *(f"{m.metrics[s]:.2f}" if s in m.metrics else "-" for s in skills),
             str(m.rank),
             str(m.generation),
             ",".join(m.parents) or "-",

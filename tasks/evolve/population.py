@@ -10,26 +10,10 @@ few dozen steps each did not average well. Seeds differ so the population starts
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from evolora.settings import Settings
-
-
-@dataclass(frozen=True)
-class MemberSpec:
-    """How one initial member is trained."""
-
-    id: str
-    skills: list[str]
-    seed: int
-    rank: int
-    role: str  # "generalist" or "specialist"
-    steps: int
-    init_from: str | None = None  # the member whose adapter this one continues training
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from evolora.settings import EvolutionSettings
+from tasks.records import InitialRecipe, Member, PlannedChild
 
 
 def skill_groups(skills: list[str], n_groups: int) -> list[list[str]]:
@@ -44,26 +28,25 @@ def skill_groups(skills: list[str], n_groups: int) -> list[list[str]]:
     return groups
 
 
-def seed_population(settings: Settings) -> list[MemberSpec]:
-    """One generalist, then specialists over skill groups, with distinct seeds."""
-    evo = settings.evolution
-    skills = list(settings.data.skills)
-    rank = settings.train.rank
-    member_steps = evo.member_steps or settings.train.max_steps
-    generalist = MemberSpec("g0-m0", skills, settings.train.seed, rank, "generalist",
-                            member_steps)
-    init_from = generalist.id if evo.specialists_from_generalist else None
-    groups = skill_groups(skills, evo.population_size - 1)
-    specs = [generalist]
+def seed_population(evo: EvolutionSettings, skills: list[str], *, seed: int,
+                    max_steps: int) -> dict[str, InitialRecipe]:
+    """The initial members by id: one generalist, then specialists over skill groups, with
+    distinct seeds. `max_steps` (train.max_steps) is the default length of training."""
+    member_steps = evo.member_steps or max_steps
+    generalist = InitialRecipe(role="generalist", skills=list(skills), seed=seed,
+                               steps=member_steps)
+    init_from = "g0-m0" if evo.specialists_from_generalist else None
+    groups = skill_groups(list(skills), evo.population_size - 1)
+    population = {"g0-m0": generalist}
     for index in range(1, evo.population_size):
-        group = groups[(index - 1) % len(groups)]
-        specs.append(MemberSpec(f"g0-m{index}", group, settings.train.seed + index, rank,
-                                "specialist", evo.specialist_steps or member_steps, init_from))
-    return specs
+        population[f"g0-m{index}"] = InitialRecipe(
+            role="specialist", skills=groups[(index - 1) % len(groups)], seed=seed + index,
+            steps=evo.specialist_steps or member_steps, init_from=init_from)
+    return population
 
 
-def specialist_merge_recipe(specialists: list[dict[str, Any]], method: str = "mean",
-                            weight: float = 1.0, density: float = 0.5) -> dict[str, Any]:
+def specialist_merge_recipe(specialists: list[Member], method: str = "mean",
+                            weight: float = 1.0, density: float = 0.5) -> PlannedChild:
     """The child plan that composes the specialists (as LoraHub composes task adapters).
 
     Specialists continued from one generalist G are G + d_i. `ties` and `sum` merge the
@@ -76,16 +59,16 @@ def specialist_merge_recipe(specialists: list[dict[str, Any]], method: str = "me
     start have no common G, so they get the mean.
     """
     n = len(specialists)
-    parents = [m["id"] for m in specialists]
-    shared = {m["recipe"].get("init_from") for m in specialists}
+    parents = [m.id for m in specialists]
+    shared = {getattr(m.recipe, "init_from", None) for m in specialists}
     start = next(iter(shared)) if len(shared) == 1 and None not in shared else None
     if method in ("ties", "sum") and start is not None:
-        return {"parents": parents, "combination_type": f"{method}_from_start",
-                "start": start, "weights": [weight] * n, "density": density,
-                "rule": f"{method} of the changes from {start}"}
+        return PlannedChild(parents=parents, combination_type=f"{method}_from_start",
+                            start=start, weights=[weight] * n, density=density,
+                            merge_rule=f"{method} of the changes from {start}")
     rule = f"mean (all continued {start})" if start else "mean"
-    return {"parents": parents, "combination_type": "cat", "weights": [1.0 / n] * n,
-            "density": density, "rule": rule}
+    return PlannedChild(parents=parents, combination_type="cat", weights=[1.0 / n] * n,
+                        density=density, merge_rule=rule)
 
 
 def rows_for_skills(rows: Any, skills: list[str]) -> Any:

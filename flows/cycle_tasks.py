@@ -1,0 +1,248 @@
+"""The cycle's Prefect tasks: typed records in, typed records out.
+
+Each task is one step of `flows/cycle.py::cycle_flow` and takes the settings section it
+needs plus the `CycleContext` every step shares (base model, data splits, MLflow parent
+run, where adapters go). Whether a step already ran is the flow's business (its journal),
+not the task's: a task always does its work.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from prefect import task
+
+from evolora.models import cpu_threads, embedded_gguf_path
+from evolora.settings import EvolutionSettings, ModelSettings, Settings
+from evolora.tracking import CANDIDATE_TAG
+from evolora.vocabulary import CHAMPION
+from tasks.records import (
+    DataSplits,
+    GenerationPlan,
+    InitialRecipe,
+    Member,
+    PlannedChild,
+    Promotion,
+    Record,
+    ScoredSplit,
+    Scores,
+)
+
+
+class CycleContext(Record):
+    """What every step of one cycle shares."""
+
+    cycle_id: str
+    model_path: str
+    base_sha: str
+    data: DataSplits
+    parent_run_id: str
+    adapters_dir: Path
+
+
+def candidate_tags(ctx: CycleContext, member: Member | None) -> dict[str, str]:
+    """The MLflow tags a candidate's runs carry: where it came from and on what data."""
+    if member is None:
+        return {CANDIDATE_TAG: "base", "evolora.cycle": ctx.cycle_id}
+    recipe = member.recipe.to_json()
+    # A merge of changes from a start member descends from that member too.
+    start = {"evolora.merge_start": str(recipe["start"])} if recipe.get("start") else {}
+    return {
+        **start,
+        "evolora.member": member.id,
+        "evolora.generation": str(member.generation),
+        "evolora.parents": json.dumps(member.parents),
+        "evolora.combination_type": str(recipe.get("combination_type", "")),
+        "evolora.weights": json.dumps(recipe.get("weights", [])),
+        "evolora.mutation": json.dumps(recipe.get("mutation", {})),
+        "evolora.data_hashes": json.dumps(ctx.data.hashes),
+        "evolora.base_model_sha256": ctx.base_sha,
+        "evolora.cycle": ctx.cycle_id,
+    }
+
+
+@task(name="harvest-serving-traces", retries=1, retry_delay_seconds=2)
+def mix_in_serving_traces(settings: Settings, data: DataSplits, since: float | None,
+                          parent_run_id: str) -> DataSplits:
+    """The splits with verified serving traces since `since` mixed into training."""
+    from tasks.harvest.pipeline import harvest_into_training
+
+    return harvest_into_training(settings, data, since=since, parent_run_id=parent_run_id)
+
+
+@task(name="train-member", retries=1, retry_delay_seconds=5)
+def train_member(settings: Settings, ctx: CycleContext, member_id: str, recipe: InitialRecipe,
+                 start: Member | None) -> Member:
+    """Train one initial member on its skills' rows (continuing `start`'s adapter if given)."""
+    from tasks.data import load_split
+    from tasks.evolve.population import rows_for_skills
+    from tasks.train.trainer import train_adapter
+
+    member = Member(id=member_id, adapter_dir=ctx.adapters_dir / member_id,
+                    rank=settings.train.rank, generation=0, recipe=recipe)
+    rows = rows_for_skills(load_split(ctx.data.train_path), recipe.skills)
+    result = train_adapter(settings, ctx.model_path, rows, ctx.adapters_dir, member_id,
+                           seed=recipe.seed, max_steps=recipe.steps,
+                           tags=candidate_tags(ctx, member), dataset_hashes=ctx.data.hashes,
+                           parent_run_id=ctx.parent_run_id,
+                           init_adapter=start.adapter_dir if start else None,
+                           manifest_extra={"recipe": recipe.to_json(), "parents": [],
+                                           "generation": 0})
+    return member.model_copy(update={"adapter_dir": result.adapter_dir,
+                                     "train_run_id": result.run_id})
+
+
+@task(name="breed-child", retries=1, retry_delay_seconds=5)
+def breed_child(settings: Settings, ctx: CycleContext, child_id: str, generation: int,
+                plan: PlannedChild, parents: list[Member], start: Member | None) -> Member:
+    """Cross the parents as planned, then apply the planned mutation.
+
+    A plan with a `start` (the member the parents continued) merges the parents' changes
+    from it (`merge_from_start`); any other plan goes through PEFT's weighted merges.
+    """
+    from tasks.data import load_split
+    from tasks.evolve.merge import (
+        adapter_rank,
+        crossover,
+        merge_from_start,
+        mutate_finetune,
+        mutate_noise,
+        mutate_rank,
+    )
+
+    out = ctx.adapters_dir / child_id
+    recipe = plan.recipe()
+    mutation = plan.mutation
+    # The merge functions write their own `recipe`; the cycle's view goes beside it.
+    lineage = {"lineage": {"member": child_id, "generation": generation,
+                           "parents": [p.id for p in parents], "plan": recipe.to_json()}}
+    parent_dirs = [p.adapter_dir for p in parents]
+    crossed = parent_dirs[0]
+    if len(parent_dirs) > 1:
+        target = out if mutation.kind == "none" else out.with_name(f"{out.name}-crossed")
+        if start is not None:
+            method = plan.combination_type.removesuffix("_from_start")
+            crossed = merge_from_start(ctx.model_path, start.adapter_dir, parent_dirs, target,
+                                       method=method, weights=plan.weights,
+                                       density=plan.density, manifest_extra=lineage)
+        else:
+            crossed = crossover(ctx.model_path, parent_dirs, plan.weights,
+                                plan.combination_type, target, density=plan.density,
+                                manifest_extra=lineage)
+    seed = settings.train.seed + 100 * generation + len(child_id)
+    if mutation.kind == "noise":
+        mutate_noise(crossed, out, strength=mutation.strength or settings.evolution.mutation_std,
+                     seed=seed, manifest_extra=lineage)
+    elif mutation.kind == "rank":
+        mutate_rank(ctx.model_path, crossed, out, new_rank=mutation.rank or settings.train.rank,
+                    seed=seed, manifest_extra=lineage)
+    elif mutation.kind == "finetune":
+        rows = load_split(ctx.data.train_path).shuffle(seed=seed)
+        steps = max(2, mutation.steps or settings.evolution.finetune_steps)
+        mutate_finetune(settings, ctx.model_path, crossed, out, rows, steps=steps, seed=seed,
+                        parent_run_id=ctx.parent_run_id, manifest_extra=lineage)
+    elif crossed != out:  # one parent, no mutation: the child is a copy
+        shutil.copytree(crossed, out, dirs_exist_ok=True)
+    if crossed not in (out, *parent_dirs):
+        shutil.rmtree(crossed, ignore_errors=True)
+    config = json.loads((out / "adapter_config.json").read_text())
+    return Member(id=child_id, adapter_dir=out, rank=adapter_rank(config),
+                  generation=generation, parents=[p.id for p in parents], recipe=recipe,
+                  merge_rule=plan.merge_rule)
+
+
+@task(name="evaluate-member")
+def evaluate_member(model: ModelSettings, ctx: CycleContext, member: Member | None,
+                    split: ScoredSplit) -> Scores:
+    """A member's (or the base model's, for None) scores on `split`."""
+    from tasks.data import load_split
+    from tasks.evaluate.runner import evaluate_adapters
+
+    name = member.id if member else "base"
+    results = evaluate_adapters(model, ctx.model_path, list(load_split(ctx.data.path(split))),
+                                {name: member.adapter_dir if member else None}, split=split,
+                                tags=candidate_tags(ctx, member),
+                                parent_run_id=ctx.parent_run_id)
+    return Scores(split=split, metrics=results[name].metrics, run_id=results[name].run_id)
+
+
+@task(name="plan-generation")
+def plan_generation(evo: EvolutionSettings, seed: int, generation: int,
+                    population: list[Member], llm_base_url: str | None) -> GenerationPlan:
+    """The generation's children: the agents' plan (or the GA's), and in generation 1 the
+    specialists' composition (as LoraHub composes task adapters)."""
+    from tasks.evolve.agents import decide_plan, llm_config_for
+    from tasks.evolve.population import specialist_merge_recipe
+
+    llm_config = llm_config_for(evo, llm_base_url) if llm_base_url else None
+    plan, decision = decide_plan(population, evo, n_children=evo.children_per_generation,
+                                 rng=random.Random(seed + generation), llm_config=llm_config)
+    children = [PlannedChild(**child.model_dump()) for child in plan.children]
+    specialists = [m for m in population if m.role == "specialist"]
+    if generation == 1 and len(specialists) >= 2:
+        children.append(specialist_merge_recipe(
+            specialists, evo.specialist_merge, evo.specialist_merge_weight,
+            evo.specialist_merge_density))
+    return GenerationPlan(generation=generation, children=children, decision=decision,
+                          rationale=plan.rationale)
+
+
+@task(name="promote-challenger")
+def promote_challenger(evo: EvolutionSettings, ctx: CycleContext,
+                       challenger: Member) -> Promotion:
+    """Register the cycle's challenger and let the gate decide whether it becomes champion."""
+    from tasks.registry.versions import (
+        Candidate,
+        get_alias,
+        promote_if_better,
+        register_candidate,
+    )
+    from tasks.train.trainer import read_adapter_manifest
+
+    if challenger.test is None:
+        raise ValueError(f"challenger {challenger.id} has no test scores to be judged on")
+    client = MlflowClient()
+    manifest = read_adapter_manifest(challenger.adapter_dir)
+    run_id = (challenger.train_run_id or manifest.get("mlflow_run_id")
+              or ctx.parent_run_id)
+    genealogy = {
+        "member": challenger.id, "parents": challenger.parents,
+        "recipe": challenger.recipe.to_json(), "generation": challenger.generation,
+        "data_hashes": ctx.data.hashes, "base_model_sha256": ctx.base_sha,
+        "cycle_parent_run_id": ctx.parent_run_id,
+    }
+    version = register_candidate(client, Candidate(challenger.id, challenger.adapter_dir, run_id,
+                                                   challenger.test.metrics, genealogy),
+                                 evo.registry_model_name)
+    previous = get_alias(client, evo.registry_model_name, CHAMPION)
+    decision = promote_if_better(client, evo.registry_model_name, version.version,
+                                 margin=evo.promotion_margin,
+                                 tolerance=evo.regression_tolerance,
+                                 verify_dir=challenger.adapter_dir)
+    return Promotion(version=str(version.version), promoted=decision.promote,
+                     reasons=decision.reasons,
+                     previous_champion=str(previous.version) if previous else None)
+
+
+@contextmanager
+def breeding_llm(settings: Settings) -> Iterator[str | None]:
+    """The breeding agents' OpenAI-compatible base URL (None: agents off), starting the
+    embedded llama.cpp server only when the agents need it."""
+    from engines.llama_server import EmbeddedLlamaServer
+
+    evo = settings.evolution
+    if not evo.use_agents or evo.generations == 0:
+        yield None
+        return
+    if evo.llm_base_url:
+        yield evo.llm_base_url
+        return
+    gguf = embedded_gguf_path(settings.teacher.embedded_model, settings.model.base)
+    with EmbeddedLlamaServer(gguf, n_threads=cpu_threads(settings.model.threads)) as server:
+        yield server.base_url

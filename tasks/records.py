@@ -1,0 +1,301 @@
+"""The records that cross a stage boundary in a cycle, each defined once.
+
+    DataSplits -> Member (trained or bred) -> Scores on a split -> GenerationPlan
+               -> GenerationResult -> Promotion -> CycleSummary
+
+They are pydantic models: typed where a stage builds them, JSON in the cycle journal
+(`flows/cycle_journal.py`), the summary file and MLflow, and read back typed by the flow,
+the CLI, bench/ and the tests, so a renamed field fails at once, not 25 minutes into a demo.
+Records are frozen: a stage that adds to one (an evaluation adds scores to a member)
+returns a new copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evolora.vocabulary import CombinationType
+
+Split = Literal["train", "eval", "test"]
+ScoredSplit = Literal["eval", "test"]
+MAX_FINETUNE_STEPS = 50
+MAX_PARENTS = 4
+
+
+class Record(BaseModel):
+    """A frozen record: unknown fields are errors, so a typo in a journal never passes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+class HarvestReport(Record):
+    """What the harvest step mixed into the training split, and where the next one starts."""
+
+    kept: int = 0
+    candidates: int = 0
+    dropped: dict[str, int] = Field(default_factory=dict)
+    # The newest trace time seen: the next cycle harvests from here.
+    watermark: float | None = None
+
+
+class DataSplits(Record):
+    """The splits a cycle trains, selects and is judged on, with their content hashes."""
+
+    train_path: Path
+    eval_path: Path
+    test_path: Path
+    # sha256 of each split's content ("train", "eval", "test"; "harvested" when traces joined).
+    hashes: dict[str, str]
+    rows: dict[str, int]
+    # The generation report: kept and dropped per skill and reason, diversity, teacher use.
+    report: dict[str, object] = Field(default_factory=dict)
+    teacher: str = "none"
+    harvest: HarvestReport | None = None
+
+    def path(self, split: Split) -> Path:
+        """The folder of one split."""
+        return {"train": self.train_path, "eval": self.eval_path, "test": self.test_path}[split]
+
+
+# -- scores --------------------------------------------------------------------------------
+
+
+class Scores(Record):
+    """A candidate's metrics on one split: `<split>_accuracy`, per level, skill, skill x level."""
+
+    split: ScoredSplit
+    metrics: dict[str, float]
+    run_id: str | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return self.metrics[f"{self.split}_accuracy"]
+
+    @property
+    def hard(self) -> float:
+        """Accuracy on the hard (two-step) level; 0 when the split has none."""
+        return self.metrics.get(f"{self.split}_accuracy_hard", 0.0)
+
+
+# -- members and how they were made --------------------------------------------------------
+
+
+class Mutation(BaseModel):
+    """How a child is changed after cross-over."""
+
+    kind: Literal["none", "noise", "rank", "finetune"] = "none"
+    strength: float = Field(0.0, ge=0.0, le=1.0, description="noise: relative std of the noise")
+    rank: int | None = Field(None, gt=0, le=512, description="rank: the child's new LoRA rank")
+    steps: int | None = Field(
+        None, ge=1, le=MAX_FINETUNE_STEPS, description="finetune: training steps"
+    )
+
+
+class InitialRecipe(Record):
+    """How an initial member is trained: on which skills, from where, for how long."""
+
+    kind: Literal["initial"] = "initial"
+    role: Literal["generalist", "specialist"]
+    skills: list[str]
+    seed: int
+    steps: int
+    # The member whose adapter this one continues training (specialists continue the
+    # generalist), or None for a fresh LoRA.
+    init_from: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The recipe as written into manifests, registry genealogy and tags."""
+        return self.model_dump(mode="json")
+
+
+class ChildRecipe(Record):
+    """How a child is bred: the parents' combination and the mutation after it."""
+
+    kind: Literal["child"] = "child"
+    combination_type: str
+    weights: list[float]
+    density: float = 0.5
+    mutation: Mutation = Field(default_factory=Mutation)
+    # The member the parents continued, for merges of what each learnt since it.
+    start: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The recipe as written into manifests, registry genealogy and tags (`start` only
+        when there is one)."""
+        return self.model_dump(mode="json", exclude={"start"} if self.start is None else None)
+
+
+Recipe = Annotated[InitialRecipe | ChildRecipe, Field(discriminator="kind")]
+
+
+class Member(Record):
+    """One adapter of the population: where it lives, how it was made, how it scored."""
+
+    id: str
+    adapter_dir: Path
+    rank: int
+    generation: int
+    parents: list[str] = Field(default_factory=list)
+    recipe: Recipe
+    train_run_id: str | None = None
+    # Set on generation 1's composition of the specialists: how they were merged.
+    merge_rule: str | None = None
+    eval: Scores | None = None
+    test: Scores | None = None
+
+    @property
+    def fitness(self) -> float:
+        """Accuracy on the eval split (what selection uses); 0 before it is evaluated."""
+        return self.eval.accuracy if self.eval else 0.0
+
+    @property
+    def role(self) -> str | None:
+        return self.recipe.role if isinstance(self.recipe, InitialRecipe) else None
+
+    @property
+    def is_specialist_merge(self) -> bool:
+        return self.merge_rule is not None
+
+    def scores(self, split: ScoredSplit) -> Scores | None:
+        return self.eval if split == "eval" else self.test
+
+    def with_scores(self, scores: Scores) -> Member:
+        """A copy of this member carrying `scores` for their split."""
+        return self.model_copy(update={scores.split: scores})
+
+
+# -- breeding plans ------------------------------------------------------------------------
+
+
+class ChildPlan(BaseModel):
+    """One child as the breeding agents or the GA propose it."""
+
+    parents: list[str] = Field(
+        ..., min_length=1, max_length=MAX_PARENTS, description="member ids; 1 = mutation only"
+    )
+    combination_type: CombinationType = "linear"
+    weights: list[float] = Field(..., description="one per parent, each 0..1, adding up "
+                                 "to at most 1")
+    density: float = Field(0.5, ge=0.0, le=1.0)
+    mutation: Mutation = Field(default_factory=Mutation)
+
+
+class BreedingPlan(BaseModel):
+    """A generation's children, as proposed: what `validate_plan` accepts."""
+
+    children: list[ChildPlan]
+    rationale: str = ""
+
+
+class PlannedChild(Record):
+    """A child the cycle will breed: a proposed ChildPlan, or the specialists' composition
+    (whose combination may be a merge of changes from a `start` member, "ties_from_start")."""
+
+    parents: list[str]
+    combination_type: str
+    weights: list[float]
+    density: float = 0.5
+    mutation: Mutation = Field(default_factory=Mutation)
+    start: str | None = None
+    merge_rule: str | None = None
+
+    def recipe(self) -> ChildRecipe:
+        return ChildRecipe(combination_type=self.combination_type, weights=self.weights,
+                           density=self.density, mutation=self.mutation, start=self.start)
+
+
+class PlanDecision(Record):
+    """Who decided a plan (the agents, or the GA fallback), why, and how long it took."""
+
+    policy: Literal["agents", "ga"]
+    reason: str
+    seconds: float = 0.0
+
+
+class GenerationPlan(Record):
+    """A generation's children and who decided them (the agents, or the GA fallback)."""
+
+    generation: int
+    children: list[PlannedChild]
+    decision: PlanDecision
+    rationale: str = ""
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+
+class GenerationResult(Record):
+    """What one generation did: its children, survivors and best member."""
+
+    generation: int
+    policy: Literal["agents", "ga"]
+    policy_reason: str
+    children: list[str]
+    survivors: list[str]
+    best_id: str
+    best_fitness: float
+    best: float
+    best_hard: float
+    diversity: float
+
+
+class Promotion(Record):
+    """The registry's verdict on the cycle's challenger."""
+
+    version: str
+    promoted: bool
+    reasons: list[str]
+    previous_champion: str | None = None
+
+
+class SpecialistMergeReport(Record):
+    """The specialists' composition against each of its parents, on the test set."""
+
+    id: str
+    accuracy: float
+    parents: dict[str, float]
+    rule: str
+    weights: list[float]
+    beats_each_parent: bool
+
+
+class CycleSummary(Record):
+    """A cycle's outcome as a person reads it: test accuracy of each candidate that matters.
+
+    Written to `mlruns/last-cycle.json` and logged to MLflow; the field names are the JSON
+    keys users and scripts read.
+    """
+
+    cycle_id: str
+    base: float
+    base_hard: float
+    base_id: str = "base"
+    best_initial: float
+    best_initial_hard: float
+    best_initial_id: str
+    generations: list[GenerationResult]
+    challenger: float
+    challenger_hard: float
+    challenger_id: str
+    challenger_reason: str
+    champion: float
+    champion_hard: float
+    champion_version: str | None
+    promoted: bool
+    registry_version: str
+    gate_reasons: list[str]
+    specialist_merge: SpecialistMergeReport | None = None
+    resumed: bool
+    # All runs of this cycle (a resumed one included); this run's alone beside it.
+    wall_s: float
+    wall_s_this_run: float
+    # What cross-over and mutation did this cycle: the challenger against the best initial
+    # member. The champion may be an older cycle's, if the gate refused.
+    evolution_gain: float
+    evolution_gain_hard: float
