@@ -451,7 +451,7 @@ def test_real_llama_server_yields_a_valid_plan(llama: EmbeddedLlamaServer) -> No
         assert record.reason.startswith("valid plan from the")
     else:
         assert record.reason.startswith("agents failed (")
-    print(json.dumps(record, indent=1))  # visible with -s: what the model actually did
+    print(record.model_dump_json(indent=1))  # visible with -s: what the model actually did
 
 
 @pytest.mark.server
