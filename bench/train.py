@@ -30,7 +30,7 @@ BATCH = 8
 def run_ours(config: str, steps: int, rows: int, out: Path) -> dict[str, Any]:
     from evolora.settings import load_settings
     from evolora.tracking import setup_mlflow
-    from tasks.data.examples import build_splits
+    from tasks.data import build_splits
     from tasks.train.trainer import train_adapter
 
     settings = load_settings(config)
@@ -59,7 +59,7 @@ def run_plain(config: str, steps: int, rows: int, out: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evolora.settings import load_settings
-    from tasks.data.examples import build_splits
+    from tasks.data import build_splits
 
     settings = load_settings(config)
     train = settings.train

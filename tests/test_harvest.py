@@ -11,7 +11,7 @@ import pytest
 from agent.react_format import SYSTEM_PROMPT
 from agent.tools import default_tools, run_tool
 from storage.store import Store
-from tasks.data.examples import dataset_hash, validate_row, verify_example
+from tasks.data import dataset_hash, validate_row, verify_example
 from tasks.harvest.traces import HARVEST_SOURCE, harvest_traces, mix_with_synthetic
 
 TOOLS = default_tools()

@@ -9,8 +9,7 @@ from agent.tools import default_tools, run_tool
 from evolora.settings import Settings
 from evolora.tracking import setup_mlflow
 from storage.store import Store
-from tasks.data import build_and_log_splits
-from tasks.data.examples import load_split
+from tasks.data import build_and_log_splits, load_split
 from tasks.harvest.pipeline import harvest_into_training
 
 TOOLS = default_tools()

@@ -90,7 +90,7 @@ def test_train_adapter_flow_writes_adapter_and_tracks_every_step(
 def test_failed_training_leaves_no_adapter_and_marks_the_run_failed(
     tiny_settings: Settings
 ) -> None:
-    from tasks.data.examples import build_splits
+    from tasks.data import build_splits
     from tasks.train.trainer import train_adapter
 
     bundle = build_splits(tiny_settings.data, tiny_settings.paths.data_dir)
@@ -149,7 +149,7 @@ def test_eval_of_a_broken_adapter_folder_is_a_clear_error(
 def test_qlora_nf4_quantises_the_base_and_trains_an_adapter(tiny_settings: Settings) -> None:
     import bitsandbytes as bnb
 
-    from tasks.data.examples import build_splits
+    from tasks.data import build_splits
     from tasks.train.memory_plan import ModelShape, plan_training
     from tasks.train.trainer import load_for_training, train_adapter
 
@@ -179,7 +179,7 @@ def test_qlora_on_cuda_stays_inside_the_vram_budget(tiny_settings: Settings) -> 
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    from tasks.data.examples import build_splits
+    from tasks.data import build_splits
     from tasks.train.trainer import train_adapter
 
     setup_mlflow(tiny_settings)

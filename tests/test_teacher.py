@@ -19,15 +19,8 @@ from support.ollama_proxy import OllamaProxy
 
 from engines.llama_server import EmbeddedLlamaServer, default_gguf_path, free_port
 from evolora.settings import TeacherBackend, TeacherSettings
-from tasks.data.teacher import (
-    Teacher,
-    TeacherUnavailable,
-    clean_paraphrase,
-    clean_rationale,
-    langchain_chat_model,
-    paraphraser_or_none,
-    strip_thinking,
-)
+from tasks.data.teacher import Teacher, TeacherUnavailable, paraphraser_or_none
+from tasks.data.teacher_replies import clean_paraphrase, strip_thinking
 
 R1 = "deepseek-r1:7b"
 QWEN = "qwen2.5:7b-instruct"
@@ -97,14 +90,6 @@ def test_clean_paraphrase_rejects_garbage(reply: str) -> None:
 def test_clean_paraphrase_keeps_a_good_rewording() -> None:
     got = clean_paraphrase("What is 12 + 30?", 'Reworded question: "How much is 12 plus 30?"')
     assert got == "How much is 12 plus 30?"
-
-
-def test_clean_rationale_takes_one_sentence() -> None:
-    question = "What is 12 + 30?"
-    got = clean_rationale(question, "42", "Add 12 and 30 to get 42. Then stop.\n\nMore.")
-    assert got == "Add 12 and 30 to get 42."
-    assert clean_rationale(question, "42", "") is None
-    assert clean_rationale(question, "42", "Multiply 12 by 0.3 to get 3.6.") is None
 
 
 # -- the Ollama API proxy itself ---------------------------------------------------------------
@@ -259,14 +244,12 @@ def test_thinking_is_stripped_from_r1_replies(llama: EmbeddedLlamaServer) -> Non
 
 
 @pytest.mark.server
-def test_real_model_paraphrase_and_rationale_are_clean_or_none(proxy: OllamaProxy) -> None:
+def test_real_model_paraphrase_is_clean_or_none(proxy: OllamaProxy) -> None:
     teacher = teacher_of(ollama_backend(proxy.url, [QWEN]))
     question = "What is 15% of 240?"
     reworded = teacher.paraphrase(question)
     # A 135M model may well fail the checks; whatever comes back must be usable.
     assert reworded is None or ("15" in reworded and "240" in reworded and "\n" not in reworded)
-    why = teacher.rationale(question, "36")
-    assert why is None or (0 < len(why) <= 300 and "\n" not in why)
 
 
 # -- secrets -----------------------------------------------------------------------------------
@@ -304,7 +287,7 @@ def test_api_keys_never_reach_the_logs(llama: EmbeddedLlamaServer) -> None:
     assert SECRET not in repr(statuses)
 
 
-# -- the embedded backend and LangChain --------------------------------------------------------
+# -- the embedded backend --------------------------------------------------------------------------
 
 
 @pytest.mark.server
@@ -317,19 +300,3 @@ def test_embedded_backend_starts_lazily_and_stops() -> None:
         server = teacher.embedded_server()
         assert [s.ok for s in teacher.health()] == [True]
     assert not server.running
-
-
-@pytest.mark.server
-def test_langchain_chat_models(llama: EmbeddedLlamaServer, proxy: OllamaProxy) -> None:
-    chat_ollama = langchain_chat_model(
-        ollama_backend(proxy.url, [QWEN]), temperature=0, max_tokens=8
-    )
-    assert type(chat_ollama).__name__ == "ChatOllama"
-    assert chat_ollama.invoke("Say hello.").content.strip()
-
-    embedded = TeacherBackend(kind="embedded")
-    with pytest.raises(ValueError, match="embedded="):
-        langchain_chat_model(embedded)
-    chat_openai = langchain_chat_model(embedded, embedded=llama, temperature=0, max_tokens=8)
-    assert type(chat_openai).__name__ == "ChatOpenAI"
-    assert chat_openai.invoke("Say hello.").content.strip()

@@ -10,7 +10,8 @@ from evolora.logs import get_logger
 from evolora.models import cpu_threads, embedded_gguf_path
 from evolora.settings import Settings
 from evolora.tracking import start_step_run
-from tasks.data.examples import build_splits, load_split, log_dataset_to_mlflow
+from tasks.data.split_io import load_split, log_dataset_to_mlflow
+from tasks.data.splits import build_splits
 from tasks.data.teacher import Teacher, paraphraser_or_none
 from tasks.records import DataSplits
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from agent.react_format import ToolCall, build_messages, normalize_answer, render_trace
 from agent.tools import Tool, default_tools, run_tool
-from tasks.data.examples import GenerationReport, deduplicate, validate_row, verify_example
-from tasks.data.skills import FINAL_THOUGHT
+from tasks.data import GenerationReport, deduplicate, validate_row, verify_example
+from tasks.data.generate import FINAL_THOUGHT
 
 if TYPE_CHECKING:
     from storage.store import Store

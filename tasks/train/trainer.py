@@ -216,7 +216,7 @@ def train_adapter(
             log_resolved_config(settings, {"name": name, "seed": seed, "max_steps": steps,
                                            "plan": plan.to_dict()})
             if dataset_hashes and dataset_hashes.get("train"):
-                from tasks.data.examples import log_dataset_to_mlflow
+                from tasks.data import log_dataset_to_mlflow
 
                 # This member's own rows (a specialist's subset), hashed as trained on.
                 log_dataset_to_mlflow(train_rows, f"train-{name}",
@@ -263,7 +263,7 @@ def train_adapter(
 
 
 def _rows_hash(rows: Any) -> str:
-    from tasks.data.examples import dataset_hash
+    from tasks.data import dataset_hash
 
     return dataset_hash(list(rows))
 
