@@ -52,7 +52,7 @@ def test_a_module_imports_only_its_own_layer_and_below(path: Path) -> None:
 
 def test_no_python_module_is_over_500_lines() -> None:
     code = [p for p in PROJECT_ROOT.rglob("*.py")
-            if not {".venv", "data", "mlruns", "build"} & set(p.relative_to(PROJECT_ROOT).parts)]
+            if p.relative_to(PROJECT_ROOT).parts[0] not in {".venv", "data", "mlruns", "build"}]
     long = {str(p.relative_to(PROJECT_ROOT)): n for p in code
             if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
     assert long == {}

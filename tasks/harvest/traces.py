@@ -2,7 +2,7 @@
 
 `harvest_traces` reads the traces recorded (or rated) since the last cycle and keeps those
 worth learning from: a final answer and no error (or a thumbs-up), never a thumbs-down.
-Each kept trace is rendered in exactly the synthetic rows' format (`tasks.data.examples`: system +
+Each kept trace is rendered in exactly the synthetic rows' format (`tasks.data`: system +
 user + assistant `render_trace(...)`), every recorded tool call is re-run with the real
 tools, and the row must pass `tasks.data.verify_example` like any generated example: an
 observation the tools no longer give, an ungrounded answer or a broken trace is dropped.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from storage.store import Store
 
 HARVEST_SOURCE = "harvested"
-# Rows must carry a skill tasks.data.examples knows (validate_row and load_split refuse others, and
+# Rows must carry a skill tasks.data knows (validate_row and load_split refuse others, and
 # population specialists filter on it): the skill of the tool that produced the answer.
 TOOL_SKILLS = {"calculator": "arithmetic", "convert": "units", "date": "dates",
                "currency": "currency"}
