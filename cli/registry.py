@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from cli.common import ConfigOption, JsonOption, console, fail, settings_or_exit
+from evolora.vocabulary import CHAMPION, PREVIOUS, REGISTERED_MODEL_NAME
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -26,14 +27,13 @@ registry_app = typer.Typer(help="The MLflow model registry: versions, champion, 
 
 ModelOption = Annotated[str | None, typer.Option(
     "--model", "-m", help="Registered model name; default: the config's "
-    "evolution.registry_model_name, else evolora-adapter.")]
+    f"evolution.registry_model_name (by default {REGISTERED_MODEL_NAME}).")]
 
 
 def _client_and_name(config: str | None, model: str | None
                      ) -> tuple[Settings, MlflowClient, str]:
     """The settings, an MLflow client on the config's store, and the model name."""
     from evolora.tracking import setup_mlflow
-    from tasks.registry.versions import DEFAULT_MODEL_NAME
 
     # The progress bars of artifact downloads would interleave with the command's output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -44,7 +44,7 @@ def _client_and_name(config: str | None, model: str | None
         raise fail(f"cannot open the MLflow store {settings.paths.resolved_tracking_uri}: "
                    f"{exc}", "check paths.tracking_uri / paths.mlruns_dir "
                    "(`evolora doctor`)") from None
-    name = model or getattr(settings.evolution, "registry_model_name", None) or DEFAULT_MODEL_NAME
+    name = model or settings.evolution.registry_model_name
     return settings, client, name
 
 
@@ -61,7 +61,7 @@ def registry_list(config: ConfigOption = None, model: ModelOption = None,
     """Every registered version, newest first, with aliases and test accuracy."""
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry.versions import list_versions
+    from tasks.registry import list_versions
 
     _, client, name = _client_and_name(config, model)
     try:
@@ -94,7 +94,7 @@ def registry_show(
     """One version: genealogy, metrics, checksums, aliases and the last gate decision."""
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry.versions import RegistryError, describe_version, get_version
+    from tasks.registry import RegistryError, describe_version, get_version
 
     _, client, name = _client_and_name(config, model)
     try:
@@ -134,7 +134,7 @@ def registry_promote(
     """Make VERSION the champion if it passes the gate against the current one."""
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry.versions import RegistryError, promote
+    from tasks.registry import RegistryError, promote
 
     settings, client, name = _client_and_name(config, model)
     evo = settings.evolution
@@ -161,7 +161,7 @@ def registry_rollback(config: ConfigOption = None, model: ModelOption = None,
     """Make the previous champion the champion again (a second rollback undoes it)."""
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry.versions import CHAMPION, PREVIOUS, RegistryError, get_alias, rollback
+    from tasks.registry import RegistryError, get_alias, rollback
 
     _, client, name = _client_and_name(config, model)
     try:

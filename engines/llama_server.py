@@ -35,13 +35,6 @@ class LlamaServerError(RuntimeError):
     """The embedded server could not start (or stop); the message says why and what to do."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def port_is_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
     """Whether something accepts TCP connections on host:port."""
     try:

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from evolora.paths import CONFIGS_DIR, DEFAULT_DATA_DIR, DEFAULT_MLRUNS_DIR, resolve_config_path
+from evolora.vocabulary import CombinationType
 
 ENV_PREFIX = "EVOLORA_"
 DEFAULT_CONFIG_NAME = "default"
@@ -169,10 +170,8 @@ class EvolutionSettings(Section):
     generations: int = Field(2, ge=0)
     elite: int = Field(1, ge=1)
     children_per_generation: int = Field(2, ge=1)
-    combination_types: list[
-        Literal["linear", "cat", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune",
-                "ties_svd"]
-    ] = Field(default_factory=lambda: ["linear", "cat", "ties", "dare_ties"], min_length=1)
+    combination_types: list[CombinationType] = Field(
+        default_factory=lambda: ["linear", "cat", "ties", "dare_ties"], min_length=1)
     mutation_std: float = Field(0.01, ge=0, description="Noise mutation strength, relative "
                                 "to each LoRA tensor's own std.")
     member_steps: int | None = Field(None, gt=0, description="Training steps of the generalist "

@@ -12,8 +12,11 @@ from mlflow.tracking import MlflowClient
 
 from evolora.settings import Settings
 
+# Re-exported until flows/cycle.py, tasks/evaluate/scoring.py and tests/test_learning.py
+# import it from evolora.vocabulary, where it is defined; then this line goes.
+from evolora.vocabulary import CANDIDATE_TAG as CANDIDATE_TAG
+
 EXPERIMENT_NAME = "evolora"
-CANDIDATE_TAG = "evolora.candidate"
 
 
 def setup_mlflow(settings: Settings, experiment: str = EXPERIMENT_NAME) -> MlflowClient:

@@ -50,10 +50,6 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings(services: ServicesDep) -> Settings:
-    return services.settings
-
-
 def get_runtime(services: ServicesDep) -> ModelRuntime:
     assert services.runtime is not None
     return services.runtime
@@ -74,7 +70,6 @@ def get_loader(services: ServicesDep) -> AdapterHotLoader:
     return services.loader
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 StoreDep = Annotated[Store, Depends(get_store)]
 MemoryDep = Annotated[MemoryStore, Depends(get_memory)]

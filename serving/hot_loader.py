@@ -25,13 +25,14 @@ from mlflow.tracking import MlflowClient
 
 from engines.transformers_runtime import BASE_ADAPTER, ModelRuntime
 from evolora.logs import get_logger
+from evolora.vocabulary import CHAMPION
 from serving.metrics import ServingMetrics
-from tasks.registry.versions import CHAMPION, ChecksumMismatch, download_version, get_alias
+from tasks.registry import ChecksumMismatch, download_version, get_alias
 
 log = get_logger(__name__)
 
 # Model names a request may ask for; `v<N>` names a registered version.
-CHAMPION_NAMES = ("evolora", "champion")
+CHAMPION_NAMES = ("evolora", CHAMPION)
 MAX_ON_DEMAND = 4  # attached non-champion versions kept for `v<N>` requests
 
 

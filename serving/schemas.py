@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from evolora.vocabulary import CHAMPION
+
 # --- OpenAI-compatible chat -------------------------------------------------------------------
 
 
@@ -40,7 +42,7 @@ class ChatCompletionRequest(BaseModel):
     # OpenAI clients send fields we do not use (n, logprobs, user, ...): accepted, ignored.
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field("champion", description="evolora | champion | base | v<N>")
+    model: str = Field(CHAMPION, description="evolora | champion | base | v<N>")
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, gt=0, le=4096)
     max_completion_tokens: int | None = Field(None, gt=0, le=4096)

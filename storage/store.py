@@ -31,7 +31,6 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
-    func,
     or_,
     select,
     update,
@@ -328,20 +327,6 @@ class Store:
         """The session's summary of its older turns, or None when it has none yet."""
         with self._sessions() as session:
             return self._owned_session(session, user_id, session_id).summary
-
-    def user_sessions(self, user_id: str) -> list[dict[str, Any]]:
-        """This user's sessions, most recently active first, with their live message count."""
-        with self._sessions() as session:
-            counts = (select(MessageRow.session_id, func.count(MessageRow.id).label("n"))
-                      .where(MessageRow.summarized.is_(False))
-                      .group_by(MessageRow.session_id).subquery())
-            rows = session.execute(
-                select(ChatSessionRow, counts.c.n)
-                .outerjoin(counts, counts.c.session_id == ChatSessionRow.id)
-                .where(ChatSessionRow.user_id == user_id)
-                .order_by(ChatSessionRow.updated_at.desc())).all()
-        return [{"id": chat.id, "created_at": chat.created_at, "updated_at": chat.updated_at,
-                 "summary": chat.summary, "messages": n or 0} for chat, n in rows]
 
     @staticmethod
     def _owned_session(session: Session, user_id: str, session_id: str) -> ChatSessionRow:

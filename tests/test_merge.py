@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.adapters import adapter_distance, delta_weights
 
 from evolora.settings import Settings
+from evolora.vocabulary import COMBINATION_TYPES
+from tasks.evolve.adapter_files import MergeError
 from tasks.evolve.adapter_math import (
     LoraModule,
     add_noise,
@@ -26,19 +29,12 @@ from tasks.evolve.adapter_math import (
     ties_combine,
 )
 from tasks.evolve.merge import (
-    COMBINATION_TYPES,
-    UNEQUAL_RANK_TYPES,
-    MergeError,
-    adapter_distance,
     crossover,
-    delta_weights,
     merge_from_start,
-    mutate_finetune,
-    mutate_noise,
-    mutate_rank,
     population_diversity,
     valid_combination_types,
 )
+from tasks.evolve.mutate import mutate_finetune, mutate_noise, mutate_rank
 from tasks.train.trainer import ADAPTER_MANIFEST, read_adapter_manifest, verify_adapter_files
 
 Q = "model.layers.0.self_attn.q_proj"
@@ -160,7 +156,7 @@ def test_lora_modules_resolves_per_module_rank_and_alpha() -> None:
 
 def test_valid_combination_types_follow_the_rank_rule() -> None:
     assert valid_combination_types([4, 4], list(COMBINATION_TYPES)) == list(COMBINATION_TYPES)
-    assert valid_combination_types([4, 8], list(COMBINATION_TYPES)) == list(UNEQUAL_RANK_TYPES)
+    assert valid_combination_types([4, 8], list(COMBINATION_TYPES)) == ["cat", "svd", "ties_svd"]
     assert valid_combination_types([4, 8], ["linear", "svd", "nope"]) == ["svd"]
     assert valid_combination_types([4], ["nope", "ties"]) == ["ties"]
 

@@ -24,16 +24,12 @@ from typer.testing import CliRunner
 from cli.registry import registry_app
 from evolora.settings import Settings
 from evolora.tracking import setup_mlflow
-from tasks.registry import versions as registry
-from tasks.registry.versions import (
-    CHAMPION,
-    DEFAULT_MODEL_NAME,
-    PREVIOUS,
+from evolora.vocabulary import CHAMPION, PREVIOUS, REGISTERED_MODEL_NAME
+from tasks.registry import (
     Candidate,
     ChecksumMismatch,
     RegistryError,
     download_version,
-    files_sha256,
     gate,
     get_alias,
     list_versions,
@@ -41,13 +37,17 @@ from tasks.registry.versions import (
     promote_if_better,
     register_candidate,
     rollback,
+    version_metrics,
+)
+from tasks.registry import promotion as registry_promotion
+from tasks.registry.versions import (
+    files_sha256,
     version_checksums,
     version_gate,
     version_genealogy,
-    version_metrics,
 )
 
-NAME = DEFAULT_MODEL_NAME
+NAME = REGISTERED_MODEL_NAME
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------
@@ -343,7 +343,7 @@ def test_a_crash_between_the_alias_moves_leaves_a_loadable_champion(
     def crash(*args: Any) -> None:
         raise KeyboardInterrupt("killed between the two alias moves")
 
-    monkeypatch.setattr(registry, "_set_champion", crash)
+    monkeypatch.setattr(registry_promotion, "_set_champion", crash)
     with pytest.raises(KeyboardInterrupt):
         promote_if_better(client, NAME, v2.version, margin=0.0, tolerance=0.1)
     monkeypatch.undo()

@@ -21,9 +21,9 @@ from support.serving import (
     store_path,
 )
 
+from evolora.vocabulary import CHAMPION, REGISTERED_MODEL_NAME
 from serving.app import create_app
 from serving.local_server import running_server
-from tasks.registry.versions import CHAMPION, DEFAULT_MODEL_NAME
 
 pytestmark = pytest.mark.server
 
@@ -41,7 +41,7 @@ def test_champion_swaps_under_load_and_a_tampered_version_is_refused(
     versions = [str(register_adapter(client, save_tiny_adapter(tiny_model_dir,
                                                            tmp_path / f"adapter-{i}", seed=i),
                                  f"member-{i}").version) for i in range(VERSIONS)]
-    client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, versions[0])
+    client.set_registered_model_alias(REGISTERED_MODEL_NAME, CHAMPION, versions[0])
 
     with running_server(create_app(settings)) as url:
         assert httpx.get(f"{url}/readyz").json()["version"] == versions[0]
@@ -70,7 +70,7 @@ def test_champion_swaps_under_load_and_a_tampered_version_is_refused(
             with httpx.Client(base_url=url, timeout=60) as admin:
                 for swap in range(SWAPS):
                     target = versions[(swap + 1) % VERSIONS]
-                    client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, target)
+                    client.set_registered_model_alias(REGISTERED_MODEL_NAME, CHAMPION, target)
                     reload = admin.post("/admin/reload").json()
                     assert reload["version"] == target and reload["changed"], reload
                     reloads.append(reload)
@@ -101,7 +101,7 @@ def test_champion_swaps_under_load_and_a_tampered_version_is_refused(
         tampered_version = str(tampered.version)
         weights = store_path(tampered) / "adapter_model.safetensors"
         weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x00")
-        client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, tampered_version)
+        client.set_registered_model_alias(REGISTERED_MODEL_NAME, CHAMPION, tampered_version)
         with httpx.Client(base_url=url, timeout=60) as http:
             refused = http.post("/admin/reload").json()
             assert refused["version"] == current and not refused["changed"]

@@ -108,7 +108,6 @@ def test_sessions_are_isolated_and_survive_a_new_store(store: Store, db_path: Pa
         store.open_session("bob", "0" * 32)
     assert str(other_users.value).replace(session_id, "X") == str(missing.value).replace(
         "0" * 32, "X")
-    assert store.user_sessions("bob") == []
     with pytest.raises(StoreError, match="role"):
         store.add_message("alice", session_id, "wizard", "hi")
 
@@ -117,8 +116,6 @@ def test_sessions_are_isolated_and_survive_a_new_store(store: Store, db_path: Pa
     messages = reopened.session_messages("alice", session_id)
     assert [(m["role"], m["content"]) for m in messages] == [
         ("user", "What is 12 * 7?"), ("assistant", "84")]
-    assert [s["id"] for s in reopened.user_sessions("alice")] == [session_id]
-    assert reopened.user_sessions("alice")[0]["messages"] == 2
     reopened.close()
 
 

@@ -15,9 +15,10 @@ import ollama
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
+from support.loopback import free_port
 from support.ollama_proxy import OllamaProxy
 
-from engines.llama_server import EmbeddedLlamaServer, default_gguf_path, free_port
+from engines.llama_server import EmbeddedLlamaServer, default_gguf_path
 from evolora.settings import TeacherBackend, TeacherSettings
 from tasks.data.teacher import Teacher, TeacherUnavailable, paraphraser_or_none
 from tasks.data.teacher_replies import clean_paraphrase, strip_thinking

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from engines.transformers_runtime import BASE_ADAPTER
 from serving.deps import CallerDep, LoaderDep, RuntimeDep, ServicesDep, check_prompt_length
 from serving.generation import (
     Completion,
@@ -19,7 +20,7 @@ from serving.generation import (
     count_tokens,
     stream_completion,
 )
-from serving.hot_loader import UnknownModel
+from serving.hot_loader import CHAMPION_NAMES, UnknownModel
 from serving.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -118,6 +119,6 @@ def _sse_events(completion_id: str, created: int, model: str, result: Completion
 @router.get("/models", response_model=ModelList)
 def list_models(caller: CallerDep, loader: LoaderDep) -> ModelList:
     """The names `model` accepts: evolora, champion, base and each registered version."""
-    names = ["evolora", "champion", "base"]
+    names = [*CHAMPION_NAMES, BASE_ADAPTER]
     names += [f"v{v}" for v in loader.registered_versions()]
     return ModelList(data=[ModelCard(id=name) for name in names])

@@ -3,8 +3,8 @@
 A LoRA module adds `scaling * B @ A` to a frozen weight (A: r x in, B: out x r). Everything
 here works on those factors: the dense delta, seeded noise, rank change through the SVD of
 the delta, and a rank-independent cosine distance computed from the factors alone (so
-comparing adapters never builds an out x in matrix). `tasks.evolve.merge` does the file and PEFT
-side and calls these.
+comparing adapters never builds an out x in matrix). `tasks.evolve.merge` and
+`tasks.evolve.mutate` do the file and PEFT side and call these.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 
-LORA_A = "lora_A"
-LORA_B = "lora_B"
 # PEFT saves keys as "<module>.lora_A.weight" (the adapter name stripped); embedding LoRAs
 # save "<module>.lora_embedding_A" with no ".weight".
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<factor>[AB])(?:\.weight)?$")

@@ -12,6 +12,13 @@ import uvicorn
 from fastapi import FastAPI
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now (nothing listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 class LoopbackServer:
     """Serves `self.app` on a free 127.0.0.1 port while in a `with` block.
 

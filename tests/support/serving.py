@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from evolora.settings import ServingSettings, Settings, load_settings
 from evolora.tracking import setup_mlflow
-from tasks.registry.versions import Candidate, register_candidate
+from tasks.registry import Candidate, register_candidate
 
 
 def serving_settings(root: Path, model_dir: Path, **serving: Any) -> Settings:
