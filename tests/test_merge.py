@@ -1,5 +1,5 @@
-"""Cross-over and mutation of adapters: the tensor maths on small tensors, then the real
-operations on real PEFT adapters over the tiny model (no training except one fine-tune).
+"""Cross-over of real PEFT adapters over the tiny model: PEFT's weighted merges, merges of
+the changes since a shared start, distances, and the cycle's breeding step.
 """
 
 from __future__ import annotations
@@ -10,148 +10,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from support.adapters import adapter_distance, delta_weights
+from support.adapters import (
+    adapter_distance,
+    assert_close_deltas,
+    delta_weights,
+    leftovers,
+    logits_with,
+    make_adapter,
+    tiny_adapters,
+)
 
 from evolora.settings import Settings
 from evolora.vocabulary import COMBINATION_TYPES
 from tasks.evolve.adapter_files import MergeError
-from tasks.evolve.adapter_math import (
-    LoraModule,
-    add_noise,
-    change_rank,
-    delta_cosine_distance,
-    lora_delta,
-    lora_inner,
-    lora_modules,
-    lora_scaling,
-    mean_module_distance,
-    ties_combine,
-)
 from tasks.evolve.merge import (
     crossover,
     merge_from_start,
     population_diversity,
     valid_combination_types,
 )
-from tasks.evolve.mutate import mutate_finetune, mutate_noise, mutate_rank
+from tasks.evolve.mutate import mutate_noise
+from tasks.evolve.population import specialist_merge_recipe
+from tasks.records import DataSplits, InitialRecipe, Member, PlannedChild
 from tasks.train.trainer import ADAPTER_MANIFEST, read_adapter_manifest, verify_adapter_files
-
-Q = "model.layers.0.self_attn.q_proj"
-V = "model.layers.0.self_attn.v_proj"
-
-
-def random_module(rank: int, out: int = 12, inp: int = 10, seed: int = 0,
-                  scaling: float = 2.0) -> LoraModule:
-    generator = torch.Generator().manual_seed(seed)
-    return LoraModule(torch.randn(rank, inp, generator=generator),
-                      torch.randn(out, rank, generator=generator), scaling)
-
-
-# ---------------------------------------------------------------------- pure tensor maths
-
-def test_scaling_follows_peft() -> None:
-    assert lora_scaling(8, 4) == 2.0
-    assert lora_scaling(8, 4, use_rslora=True) == 4.0
-
-
-def test_change_rank_to_full_rank_reproduces_the_delta() -> None:
-    module = random_module(4)
-    same = change_rank(module, 4, new_scaling=0.5)
-    assert same.rank == 4 and same.scaling == 0.5
-    torch.testing.assert_close(same.delta(), module.delta(), atol=1e-4, rtol=1e-4)
-
-
-def test_change_rank_down_is_the_best_low_rank_approximation() -> None:
-    module = random_module(6)
-    singular = torch.linalg.svdvals(module.delta().double())
-    low = change_rank(module, 2, new_scaling=module.scaling)
-    error = torch.linalg.norm((low.delta() - module.delta()).double())
-    # Eckart-Young: the error is exactly the norm of the dropped singular values.
-    expected = torch.sqrt((singular[2:] ** 2).sum())
-    assert float(error) == pytest.approx(float(expected), rel=1e-4)
-
-
-def test_change_rank_up_keeps_the_delta_and_leaves_new_capacity_trainable() -> None:
-    module = random_module(2)
-    grown = change_rank(module, 5, module.scaling, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(grown.delta(), module.delta(), atol=1e-4, rtol=1e-4)
-    assert grown.b[:, 2:].abs().sum() == 0  # the delta does not move...
-    assert grown.a[2:].abs().sum() > 0  # ...but B's new columns get gradients through A
-
-
-def test_ties_averages_what_agrees_keeps_what_is_alone_and_drops_the_outvoted() -> None:
-    first = torch.tensor([1.0, 2.0, 3.0, 0.0, -1.0])
-    second = torch.tensor([3.0, 0.0, -1.0, -4.0, -1.0])
-    merged = ties_combine([first, second], [1.0, 1.0], density=1.0)
-    # agree: mean; alone: kept whole; 3 vs -1: + wins, -1 is dropped; both -1: mean.
-    torch.testing.assert_close(merged, torch.tensor([2.0, 2.0, 3.0, -4.0, -1.0]))
-
-
-def test_ties_trims_each_vector_to_its_largest_values_before_voting() -> None:
-    first = torch.tensor([10.0, 0.1, 0.2, 5.0])
-    second = torch.tensor([0.3, -8.0, 0.1, 6.0])
-    merged = ties_combine([first, second], [1.0, 0.5], density=0.5)
-    # first keeps 10 and 5; second (weighted 0.5) keeps -4 and 3.
-    torch.testing.assert_close(merged, torch.tensor([10.0, -4.0, 0.0, 4.0]))
-    with pytest.raises(ValueError, match="density"):
-        ties_combine([first, second], [1.0, 1.0], density=0.0)
-    with pytest.raises(ValueError, match="2 weights for 1"):
-        ties_combine([first], [1.0, 1.0], density=0.5)
-
-
-def test_noise_of_strength_zero_is_identity_and_seeded_noise_is_reproducible() -> None:
-    generator = torch.Generator().manual_seed(1)
-    state = {"m.lora_A.weight": torch.randn(64, 256, generator=generator),
-             "m.lora_B.weight": torch.randn(256, 64, generator=generator) * 0.01,
-             "m.modules_to_save.weight": torch.randn(3, 3, generator=generator)}
-    same = add_noise(state, 0.0, seed=3)
-    assert all(torch.equal(same[k], state[k]) for k in state)
-    first, again, other = (add_noise(state, 0.1, seed=s) for s in (3, 3, 4))
-    assert all(torch.equal(first[k], again[k]) for k in state)
-    assert not torch.equal(first["m.lora_A.weight"], other["m.lora_A.weight"])
-    assert torch.equal(first["m.modules_to_save.weight"], state["m.modules_to_save.weight"])
-    for key in ("m.lora_A.weight", "m.lora_B.weight"):  # noise relative to each tensor
-        ratio = (first[key] - state[key]).std() / state[key].std()
-        assert float(ratio) == pytest.approx(0.1, rel=0.05)
-
-
-def test_low_rank_cosine_distance_matches_the_dense_one() -> None:
-    first, second = random_module(3, seed=1), random_module(5, seed=2, scaling=0.5)
-    inner = float((first.delta().double() * second.delta().double()).sum())
-    assert lora_inner(first, second) == pytest.approx(inner, rel=1e-6)
-    dense = 1 - torch.nn.functional.cosine_similarity(
-        first.delta().flatten(), second.delta().flatten(), dim=0)
-    distance = delta_cosine_distance(first, second)
-    assert distance == pytest.approx(float(dense), abs=1e-5)
-    assert distance == pytest.approx(delta_cosine_distance(second, first))
-    assert delta_cosine_distance(first, first) == pytest.approx(0.0, abs=1e-9)
-    negated = LoraModule(first.a, -first.b, first.scaling)
-    assert delta_cosine_distance(first, negated) == pytest.approx(2.0)
-    # Rank-independent: the same delta at another rank is at distance 0.
-    grown = change_rank(first, 6, 1.0, torch.Generator().manual_seed(0))
-    assert delta_cosine_distance(first, grown) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_zero_deltas_and_disjoint_modules_have_defined_distances() -> None:
-    zero = LoraModule(torch.randn(2, 10), torch.zeros(12, 2), 1.0)
-    assert delta_cosine_distance(zero, zero) == 0.0
-    assert delta_cosine_distance(zero, random_module(2)) == 1.0
-    assert mean_module_distance({"q": random_module(2)}, {"v": random_module(2)}) == 1.0
-
-
-def test_lora_modules_resolves_per_module_rank_and_alpha() -> None:
-    state = {"base_model.model.layers.0.q_proj.lora_A.weight": torch.ones(2, 4),
-             "base_model.model.layers.0.q_proj.lora_B.weight": torch.ones(3, 2),
-             "base_model.model.layers.0.v_proj.lora_A.weight": torch.ones(4, 4),
-             "base_model.model.layers.0.v_proj.lora_B.weight": torch.ones(3, 4)}
-    config = {"r": 2, "lora_alpha": 4, "rank_pattern": {"v_proj": 4},
-              "alpha_pattern": {"v_proj": 2}}
-    modules = lora_modules(state, config)
-    assert modules["layers.0.q_proj"].scaling == 2.0
-    assert modules["layers.0.v_proj"].scaling == 0.5
-    torch.testing.assert_close(modules["layers.0.q_proj"].delta(),
-                               lora_delta(torch.ones(2, 4), torch.ones(3, 2), 2.0))
 
 
 def test_valid_combination_types_follow_the_rank_rule() -> None:
@@ -161,67 +42,14 @@ def test_valid_combination_types_follow_the_rank_rule() -> None:
     assert valid_combination_types([4], ["nope", "ties"]) == ["ties"]
 
 
-# ---------------------------------------------------------------------- real adapters
-
-def make_adapter(base_dir: Path, out: Path, *, rank: int, targets: list[str], seed: int,
-                 use_rslora: bool = False) -> Path:
-    """A real PEFT adapter with random (non-zero) B, written by save_pretrained."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
-                        use_rslora=use_rslora, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=0.05)
-    peft_model.save_pretrained(str(out))
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("adapters")
-    qv = ["q_proj", "v_proj"]
-    return {
-        "a": make_adapter(tiny_model_dir, root / "a", rank=4, targets=qv, seed=1),
-        "b": make_adapter(tiny_model_dir, root / "b", rank=4, targets=qv, seed=2),
-        "r8": make_adapter(tiny_model_dir, root / "r8", rank=8, targets=qv, seed=3),
-        "q_only": make_adapter(tiny_model_dir, root / "q_only", rank=4, targets=["q_proj"],
-                               seed=4),
-        "v_only": make_adapter(tiny_model_dir, root / "v_only", rank=4, targets=["v_proj"],
-                               seed=5),
-    }
+    return tiny_adapters(tiny_model_dir, tmp_path_factory.mktemp("adapters"))
 
 
 @pytest.fixture(scope="module")
 def base_logits(tiny_model_dir: Path) -> torch.Tensor:
     return logits_with(tiny_model_dir, None)
-
-
-def logits_with(base_dir: Path, adapter_dir: Path | None) -> torch.Tensor:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-    with torch.no_grad():
-        return model.eval()(torch.arange(1, 17)[None]).logits
-
-
-def assert_close_deltas(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
-                        ) -> None:
-    assert set(actual) == set(expected)
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=1e-4)
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
 
 
 @pytest.mark.parametrize("combination_type", COMBINATION_TYPES)
@@ -373,28 +201,6 @@ def test_rslora_parents_merge_to_the_right_scale(tiny_model_dir: Path, tmp_path:
                                              for n in first})
 
 
-def test_mutate_noise_perturbs_by_the_requested_relative_std_deterministically(
-    adapters: dict[str, Path], tmp_path: Path
-) -> None:
-    parent = load_file(str(adapters["a"] / "adapter_model.safetensors"))
-    first = mutate_noise(adapters["a"], tmp_path / "n1", strength=0.2, seed=7)
-    again = mutate_noise(adapters["a"], tmp_path / "n2", strength=0.2, seed=7)
-    other = mutate_noise(adapters["a"], tmp_path / "n3", strength=0.2, seed=8)
-    noisy = load_file(str(first / "adapter_model.safetensors"))
-    assert noisy.keys() == parent.keys()
-    ratios = torch.tensor([float((noisy[k] - parent[k]).std() / parent[k].std())
-                           for k in parent])
-    assert float(ratios.mean()) == pytest.approx(0.2, rel=0.1)
-    assert (first / "adapter_model.safetensors").read_bytes() == (
-        again / "adapter_model.safetensors").read_bytes()
-    assert (first / "adapter_model.safetensors").read_bytes() != (
-        other / "adapter_model.safetensors").read_bytes()
-    recipe = read_adapter_manifest(first)["recipe"]
-    assert recipe == {"kind": "mutation", "mutation": "noise", "parents": [str(adapters["a"])],
-                      "strength": 0.2, "seed": 7, "rank": 4}
-    assert verify_adapter_files(first) == []
-
-
 def test_distance_is_symmetric_zero_on_self_and_grows_with_noise(
     adapters: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -409,71 +215,6 @@ def test_distance_is_symmetric_zero_on_self_and_grows_with_noise(
     diversity = population_diversity([a, b, strong])
     pairwise = [adapter_distance(a, b), adapter_distance(a, strong), adapter_distance(b, strong)]
     assert diversity == pytest.approx(sum(pairwise) / 3)
-
-
-@pytest.mark.parametrize("new_rank", [2, 8])
-def test_mutate_rank_changes_r_and_keeps_the_delta_close(
-    new_rank: int, adapters: dict[str, Path], tiny_model_dir: Path,
-    base_logits: torch.Tensor, tmp_path: Path,
-) -> None:
-    out = mutate_rank(str(tiny_model_dir), adapters["a"], tmp_path / "child", new_rank=new_rank)
-    config = json.loads((out / "adapter_config.json").read_text())
-    assert config["r"] == new_rank
-    assert config["lora_alpha"] / new_rank == 2.0  # the parent's alpha/r is kept
-    before, after = delta_weights(adapters["a"]), delta_weights(out)
-    recipe = read_adapter_manifest(out)["recipe"]
-    assert recipe["old_rank"] == 4 and recipe["new_rank"] == new_rank
-    if new_rank > 4:
-        assert_close_deltas(after, before)
-        assert recipe["relative_error"] == pytest.approx(0.0, abs=1e-5)
-    else:
-        for name in before:
-            dropped = torch.linalg.svdvals(before[name])[new_rank:]
-            error = torch.linalg.norm(after[name] - before[name])
-            assert float(error) == pytest.approx(float(dropped.norm()), rel=1e-3)
-        assert 0.0 < recipe["relative_error"] < 1.0
-    assert adapter_distance(out, adapters["a"]) < 0.5
-    # PEFT loads it at the new rank and the model is adapted.
-    assert not torch.allclose(logits_with(tiny_model_dir, out), base_logits, atol=1e-4)
-
-
-def test_mutate_finetune_continues_training_the_parent(
-    tiny_settings, adapters: dict[str, Path], tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    from datasets import Dataset
-
-    from evolora.tracking import setup_mlflow
-
-    setup_mlflow(tiny_settings)
-    rows = Dataset.from_list([{"messages": [
-        {"role": "system", "content": "Answer with the tool."},
-        {"role": "user", "content": f"What is {i} plus {i}?"},
-        {"role": "assistant", "content": f"Thought: add.\nFinal Answer: {2 * i}"},
-    ]} for i in range(4)])
-    out = mutate_finetune(tiny_settings, str(tiny_model_dir), adapters["a"],
-                          tmp_path / "tuned" / "child", rows, steps=2, seed=3,
-                          manifest_extra={"generation": 1})
-    assert out == tmp_path / "tuned" / "child"
-    assert leftovers(out.parent) == ["child"]
-    manifest = read_adapter_manifest(out)
-    assert manifest["recipe"] == {"kind": "mutation", "mutation": "finetune",
-                                  "parents": [str(adapters["a"])], "steps": 2, "seed": 3,
-                                  "rank": 4}
-    assert manifest["init_adapter"] == str(adapters["a"]) and manifest["generation"] == 1
-    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
-    parent, child = delta_weights(adapters["a"]), delta_weights(out)
-    assert set(child) == set(parent)
-    assert any(not torch.allclose(child[n], parent[n]) for n in parent)
-    assert adapter_distance(out, adapters["a"]) < 0.5  # a nudge, not a new adapter
-
-
-def test_mutate_finetune_refuses_a_single_warm_up_step(
-    tiny_settings, adapters: dict[str, Path], tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    with pytest.raises(MergeError, match="warm-up"):
-        mutate_finetune(tiny_settings, str(tiny_model_dir), adapters["a"], tmp_path / "child",
-                        rows=[], steps=1, seed=0)
-    assert leftovers(tmp_path) == []
 
 
 def test_task_arithmetic_with_a_negative_weight_adds_each_change_once(
@@ -492,29 +233,34 @@ def test_task_arithmetic_with_a_negative_weight_adds_each_change_once(
     assert_close_deltas(delta_weights(out), {n: g[n] + 0.5 * b[n] + 0.5 * r8[n] for n in g})
 
 
+def specialist(member_id: str, adapter_dir: Path, init_from: str | None) -> Member:
+    return Member(id=member_id, adapter_dir=adapter_dir, rank=4, generation=0,
+                  recipe=InitialRecipe(role="specialist", skills=["arithmetic"], seed=0,
+                                       steps=2, init_from=init_from))
+
+
 @pytest.mark.parametrize(("method", "init_from", "expected"), [
     ("ties", ["g0-m0", "g0-m0"],
      {"combination_type": "ties_from_start", "start": "g0-m0", "weights": [1.0, 1.0],
-      "rule": "ties of the changes from g0-m0"}),
+      "merge_rule": "ties of the changes from g0-m0"}),
     ("sum", ["g0-m0", "g0-m0"],
      {"combination_type": "sum_from_start", "start": "g0-m0", "weights": [1.0, 1.0],
-      "rule": "sum of the changes from g0-m0"}),
+      "merge_rule": "sum of the changes from g0-m0"}),
     ("mean", ["g0-m0", "g0-m0"],
-     {"combination_type": "cat", "weights": [0.5, 0.5], "rule": "mean (all continued g0-m0)"}),
+     {"combination_type": "cat", "weights": [0.5, 0.5],
+      "merge_rule": "mean (all continued g0-m0)"}),
     # Fresh specialists share no start, so there are no changes to merge: the mean.
-    ("ties", [None, None], {"combination_type": "cat", "weights": [0.5, 0.5], "rule": "mean"}),
+    ("ties", [None, None], {"combination_type": "cat", "weights": [0.5, 0.5],
+                            "merge_rule": "mean"}),
     ("ties", ["g0-m0", "g0-m3"],
-     {"combination_type": "cat", "weights": [0.5, 0.5], "rule": "mean"}),
+     {"combination_type": "cat", "weights": [0.5, 0.5], "merge_rule": "mean"}),
 ])
 def test_specialist_merge_recipe_merges_changes_only_from_a_shared_start(
-    method: str, init_from: list, expected: dict
+    method: str, init_from: list[str | None], expected: dict, tmp_path: Path
 ) -> None:
-    from tasks.evolve.population import specialist_merge_recipe
-
-    members = [{"id": f"s{i}", "recipe": {"init_from": base}}
-               for i, base in enumerate(init_from)]
-    recipe = specialist_merge_recipe(members, method, weight=1.0, density=0.4)
-    assert recipe == {"parents": ["s0", "s1"], "density": 0.4, **expected}
+    members = [specialist(f"s{i}", tmp_path / f"s{i}", base) for i, base in enumerate(init_from)]
+    plan = specialist_merge_recipe(members, method, weight=1.0, density=0.4)
+    assert plan == PlannedChild(parents=["s0", "s1"], density=0.4, **expected)
 
 
 @pytest.fixture
@@ -585,22 +331,23 @@ def test_the_cycle_breeds_a_child_from_a_start_with_its_lineage(
     continued: dict[str, Path], adapters: dict[str, Path], tiny_settings: Settings,
     tiny_model_dir: Path, tmp_path: Path,
 ) -> None:
-    from flows.cycle import breed_child
-    from tasks.evolve.population import specialist_merge_recipe
+    from flows.cycle_tasks import CycleContext, breed_child
 
-    specialists = [{"id": name, "adapter_dir": str(continued[name]),
-                    "recipe": {"init_from": "g0-m0"}} for name in ("s1", "s2")]
-    plan = specialist_merge_recipe(specialists, "sum")
-    plan.pop("rule")
-    start = {"id": "g0-m0", "adapter_dir": str(continued["start"])}
-    record = breed_child.fn(tiny_settings, str(tiny_model_dir), {},
-                            {**plan, "mutation": {"kind": "none"}}, specialists, "g1-c1", 1,
-                            str(tmp_path / "children"), "no-run", start)
-    assert record["parents"] == ["s1", "s2"]
-    assert record["recipe"]["start"] == "g0-m0"
-    assert record["recipe"]["combination_type"] == "sum_from_start"
+    specialists = [specialist(name, continued[name], "g0-m0") for name in ("s1", "s2")]
+    start = Member(id="g0-m0", adapter_dir=continued["start"], rank=4, generation=0,
+                   recipe=InitialRecipe(role="generalist", skills=["arithmetic"], seed=0,
+                                        steps=2))
+    no_data = DataSplits(train_path=tmp_path / "train", eval_path=tmp_path / "eval",
+                         test_path=tmp_path / "test", hashes={}, rows={})
+    ctx = CycleContext(cycle_id="c1", model_path=str(tiny_model_dir), base_sha="",
+                       data=no_data, parent_run_id="no-run", adapters_dir=tmp_path / "children")
+    child = breed_child.fn(tiny_settings, ctx, "g1-c1", 1,
+                           specialist_merge_recipe(specialists, "sum"), specialists, start)
+    assert child.parents == ["s1", "s2"] and child.generation == 1
+    assert child.recipe.start == "g0-m0"
+    assert child.recipe.combination_type == "sum_from_start"
     g, b, r8 = (delta_weights(adapters[k]) for k in ("a", "b", "r8"))
-    assert_close_deltas(delta_weights(Path(record["adapter_dir"])),
+    assert_close_deltas(delta_weights(child.adapter_dir),
                         {n: g[n] + 0.5 * b[n] + 0.5 * r8[n] for n in g})
-    lineage = read_adapter_manifest(Path(record["adapter_dir"]))["lineage"]
+    lineage = read_adapter_manifest(child.adapter_dir)["lineage"]
     assert lineage["parents"] == ["s1", "s2"] and lineage["generation"] == 1
