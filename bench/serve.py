@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evolora.models import resolve_base_model
 from evolora.settings import ServingSettings, Settings, load_settings
+from evolora.vocabulary import CHAMPION
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -61,7 +62,7 @@ def register_champion(settings: Settings, adapter_dir: Path) -> str:
         mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
     version = register_candidate(client, Candidate("bench", adapter_dir, run.info.run_id, {},
                                                    {}), settings.evolution.registry_model_name)
-    client.set_registered_model_alias(settings.evolution.registry_model_name, "champion",
+    client.set_registered_model_alias(settings.evolution.registry_model_name, CHAMPION,
                                       version.version)
     return str(version.version)
 
@@ -72,7 +73,7 @@ def http_tokens_per_s(url: str, prompts: list[str], max_tokens: int) -> tuple[fl
     with httpx.Client(base_url=url, timeout=600) as http:
         for prompt in prompts:
             reply = http.post("/v1/chat/completions", json={
-                "model": "champion", "messages": [{"role": "user", "content": prompt}],
+                "model": CHAMPION, "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": max_tokens, "temperature": 0})
             reply.raise_for_status()
             tokens += reply.json()["usage"]["completion_tokens"]

@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 from evolora.paths import CONFIGS_DIR, DEFAULT_DATA_DIR, DEFAULT_MLRUNS_DIR, resolve_config_path
-from evolora.vocabulary import CombinationType
+from evolora.vocabulary import REGISTERED_MODEL_NAME, CombinationType
 
 ENV_PREFIX = "EVOLORA_"
 DEFAULT_CONFIG_NAME = "default"
@@ -197,7 +197,7 @@ class EvolutionSettings(Section):
     finetune_steps: int = Field(5, ge=2, description="Steps of a continued-training mutation.")
     use_agents: bool = Field(True, description="AutoGen agents plan each generation; false: "
                              "the genetic-algorithm policy alone.")
-    registry_model_name: str = Field("evolora-adapter", min_length=1)
+    registry_model_name: str = Field(REGISTERED_MODEL_NAME, min_length=1)
     llm_base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint for the breeding agents; None: embedded."
     )

@@ -12,10 +12,6 @@ from mlflow.tracking import MlflowClient
 
 from evolora.settings import Settings
 
-# Re-exported until flows/cycle_tasks.py, tasks/evaluate/scoring.py and tests/test_learning.py
-# import it from evolora.vocabulary, where it is defined; then this line goes.
-from evolora.vocabulary import CANDIDATE_TAG as CANDIDATE_TAG
-
 EXPERIMENT_NAME = "evolora"
 
 

@@ -25,7 +25,7 @@ from evolora.logs import get_logger
 from evolora.models import base_model_checksum
 from evolora.settings import EvolutionSettings, Settings, load_settings
 from evolora.tracking import log_resolved_config, setup_mlflow
-from evolora.vocabulary import CHAMPION
+from evolora.vocabulary import CHAMPION, STEP_TAG
 from flows.common import generate_data, prepare_base_model
 from flows.cycle_journal import CycleJournal
 from flows.cycle_tasks import (
@@ -144,7 +144,7 @@ def _parent_run(settings: Settings, journal: CycleJournal) -> Iterator[str]:
     """The cycle's MLflow parent run (the same one when a cycle resumes); yields its id."""
     with mlflow.start_run(run_id=journal.parent_run_id,
                           run_name=None if journal.parent_run_id else f"cycle-{journal.cycle_id}",
-                          tags={"evolora.step": "cycle", "evolora.cycle": journal.cycle_id}
+                          tags={STEP_TAG: "cycle", "evolora.cycle": journal.cycle_id}
                           ) as parent:
         if journal.parent_run_id is None:
             journal.update(parent_run_id=parent.info.run_id)
@@ -218,7 +218,7 @@ def summarize(journal: CycleJournal, evo: EvolutionSettings, *, base: Scores,
               challenger_reason: str, specialist_merge: SpecialistMergeReport | None,
               resumed: bool, wall_s_this_run: float) -> CycleSummary:
     """The cycle's summary: each candidate's test accuracy, the gate's verdict, the time."""
-    from tasks.registry.versions import get_alias, version_metrics
+    from tasks.registry import get_alias, version_metrics
 
     promotion: Promotion = journal.promotion
     champion = get_alias(MlflowClient(), evo.registry_model_name, CHAMPION)

@@ -20,8 +20,7 @@ from prefect import task
 
 from evolora.models import cpu_threads, embedded_gguf_path
 from evolora.settings import EvolutionSettings, ModelSettings, Settings
-from evolora.tracking import CANDIDATE_TAG
-from evolora.vocabulary import CHAMPION
+from evolora.vocabulary import CANDIDATE_TAG, CHAMPION, MUTATION_TAG
 from tasks.records import (
     DataSplits,
     GenerationPlan,
@@ -60,7 +59,7 @@ def candidate_tags(ctx: CycleContext, member: Member | None) -> dict[str, str]:
         "evolora.parents": json.dumps(member.parents),
         "evolora.combination_type": str(recipe.get("combination_type", "")),
         "evolora.weights": json.dumps(recipe.get("weights", [])),
-        "evolora.mutation": json.dumps(recipe.get("mutation", {})),
+        MUTATION_TAG: json.dumps(recipe.get("mutation", {})),
         "evolora.data_hashes": json.dumps(ctx.data.hashes),
         "evolora.base_model_sha256": ctx.base_sha,
         "evolora.cycle": ctx.cycle_id,
@@ -107,14 +106,9 @@ def breed_child(settings: Settings, ctx: CycleContext, child_id: str, generation
     from it (`merge_from_start`); any other plan goes through PEFT's weighted merges.
     """
     from tasks.data import load_split
-    from tasks.evolve.merge import (
-        adapter_rank,
-        crossover,
-        merge_from_start,
-        mutate_finetune,
-        mutate_noise,
-        mutate_rank,
-    )
+    from tasks.evolve.adapter_files import adapter_rank
+    from tasks.evolve.merge import crossover, merge_from_start
+    from tasks.evolve.mutate import mutate_finetune, mutate_noise, mutate_rank
 
     out = ctx.adapters_dir / child_id
     recipe = plan.recipe()
@@ -197,12 +191,7 @@ def plan_generation(evo: EvolutionSettings, seed: int, generation: int,
 def promote_challenger(evo: EvolutionSettings, ctx: CycleContext,
                        challenger: Member) -> Promotion:
     """Register the cycle's challenger and let the gate decide whether it becomes champion."""
-    from tasks.registry.versions import (
-        Candidate,
-        get_alias,
-        promote_if_better,
-        register_candidate,
-    )
+    from tasks.registry import Candidate, get_alias, promote_if_better, register_candidate
     from tasks.train.trainer import read_adapter_manifest
 
     if challenger.test is None:

@@ -14,6 +14,7 @@ from prefect import flow, task
 from evolora.logs import get_logger
 from evolora.settings import Settings, load_settings
 from evolora.tracking import log_resolved_config, setup_mlflow, start_step_run
+from evolora.vocabulary import STEP_TAG
 from flows.common import generate_data, prepare_base_model
 from tasks.records import DataSplits, Record, Scores
 
@@ -80,7 +81,7 @@ def train_adapter_flow(config: str | None = None, adapter_name: str = "adapter-0
     settings = settings or load_settings(config)
     setup_mlflow(settings)
     with start_step_run(f"train-adapter-{adapter_name}",
-                        tags={"evolora.step": "flow"}) as parent:
+                        tags={STEP_TAG: "flow"}) as parent:
         log_resolved_config(settings)
         parent_id = parent.info.run_id
         model_path = prepare_base_model(settings)

@@ -7,6 +7,7 @@ from contextlib import ExitStack
 import mlflow
 
 from evolora.logs import get_logger
+from evolora.vocabulary import STEP_TAG
 from evolora.models import cpu_threads, embedded_gguf_path
 from evolora.settings import Settings
 from evolora.tracking import start_step_run
@@ -41,7 +42,7 @@ def build_and_log_splits(settings: Settings, parent_run_id: str | None = None) -
     splits = {"train": bundle.train_path, "eval": bundle.eval_path, "test": bundle.test_path}
     report = bundle.report.to_dict() if hasattr(bundle.report, "to_dict") else {}
     rows: dict[str, int] = {}
-    with start_step_run("data", parent_run_id, {"evolora.step": "data",
+    with start_step_run("data", parent_run_id, {STEP_TAG: "data",
                                                 "evolora.teacher": teacher_used}):
         for name, path in splits.items():
             dataset = load_split(path)

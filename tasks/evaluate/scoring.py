@@ -24,7 +24,8 @@ from agent.react_format import normalize_answer
 from agent.tools import Tool, default_tools
 from engines.transformers_runtime import ModelRuntime
 from evolora.logs import get_logger
-from evolora.tracking import CANDIDATE_TAG, start_step_run
+from evolora.tracking import start_step_run
+from evolora.vocabulary import CANDIDATE_TAG, STEP_TAG
 from tasks.evaluate.metrics import metric_path
 
 log = get_logger(__name__)
@@ -115,7 +116,7 @@ def evaluate_candidate(
 ) -> EvalResult:
     """Run the agent on `examples` with `adapter` active and log the scores to MLflow."""
     tools = tools or default_tools()
-    run_tags = {CANDIDATE_TAG: candidate, "evolora.step": "evaluate", "evolora.split": split,
+    run_tags = {CANDIDATE_TAG: candidate, STEP_TAG: "evaluate", "evolora.split": split,
                 **(tags or {})}
     with start_step_run(f"eval-{candidate}-{split}", parent_run_id, run_tags) as run:
         started = time.perf_counter()

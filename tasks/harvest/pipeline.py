@@ -9,6 +9,7 @@ import mlflow
 from evolora.logs import get_logger
 from evolora.settings import Settings
 from evolora.tracking import start_step_run
+from evolora.vocabulary import STEP_TAG
 from tasks.data import load_split, log_dataset_to_mlflow
 from tasks.records import DataSplits, HarvestReport
 
@@ -52,7 +53,7 @@ def harvest_into_training(settings: Settings, data: DataSplits, *, since: float 
         result = result.model_copy(update={
             "train_path": Path(path),
             "hashes": {**data.hashes, "train": content_hash, "harvested": dataset_hash(rows)}})
-        with start_step_run("harvest", parent_run_id, {"evolora.step": "harvest"}):
+        with start_step_run("harvest", parent_run_id, {STEP_TAG: "harvest"}):
             log_dataset_to_mlflow(load_split(path), "evolora-train-with-harvest",
                                   content_hash, "training")
             mlflow.log_metrics({"harvested_rows": float(used),

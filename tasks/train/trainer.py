@@ -27,6 +27,7 @@ from evolora.logs import get_logger
 from evolora.models import base_model_checksum, sha256_file
 from evolora.settings import Settings, TrainSettings
 from evolora.tracking import log_resolved_config, start_step_run
+from evolora.vocabulary import STEP_TAG
 from tasks.train.memory_plan import ModelShape, TrainPlan, plan_training
 
 log = get_logger(__name__)
@@ -210,7 +211,7 @@ def train_adapter(
     step_logger = MlflowStepLogger()
     trainer = LeanSFTTrainer(model=model, args=sft_config, train_dataset=dataset,
                              processing_class=tokenizer, callbacks=[step_logger])
-    run_tags = {"evolora.step": "train", "evolora.adapter": name, **(tags or {})}
+    run_tags = {STEP_TAG: "train", "evolora.adapter": name, **(tags or {})}
     try:
         with start_step_run(f"train-{name}", parent_run_id, run_tags) as run:
             log_resolved_config(settings, {"name": name, "seed": seed, "max_steps": steps,
