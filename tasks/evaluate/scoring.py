@@ -24,6 +24,7 @@ from agent.react_format import normalize_answer
 from agent.tools import Tool, default_tools
 from engines.transformers_runtime import ModelRuntime
 from evolora.logs import get_logger
+from evolora.progress import current
 from evolora.tracking import CANDIDATE_TAG, start_step_run
 from tasks.evaluate.metrics import metric_path
 
@@ -121,9 +122,13 @@ def evaluate_candidate(
         started = time.perf_counter()
         with runtime.lock:
             runtime.use(adapter)
-            runs = run_agent_batch(runtime, [ex["question"] for ex in examples], tools,
-                                   max_steps=max_steps, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size)
+            runs = []
+            # One batch at a time, so the progress display counts the problems evaluated.
+            for start in range(0, len(examples), batch_size):
+                questions = [ex["question"] for ex in examples[start:start + batch_size]]
+                runs += run_agent_batch(runtime, questions, tools, max_steps=max_steps,
+                                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+                current().advance(len(questions))
         wall = time.perf_counter() - started
         scores, rows = score_runs(runs, examples, split)
         scores[f"{split}_eval_wall_s"] = wall
