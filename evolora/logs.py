@@ -1,7 +1,10 @@
-"""structlog set-up: readable console lines for a person, JSON lines with `--log-json`.
+"""Logging set-up: readable lines for a person, JSON lines with `--log-json`, and a log file.
 
-Every event passes through `redact_secrets`, so an API key or token that lands in an event
-by mistake is logged as `***` rather than in clear.
+Our structlog events and the libraries' stdlib records go through the same handlers: the
+terminal shows our events and errors; a long command's log file (`configure_logging(...,
+log_file=)`, then `quiet_libraries()`) also gets the libraries' records, Python warnings and
+our DEBUG events. Every event, ours or a library's, passes through `redact_secrets`, so an
+API key or token that lands in one by mistake is logged as `***` rather than in clear.
 """
 
 from __future__ import annotations
@@ -64,14 +67,12 @@ def redact_secrets(
     return {key: _redact(value, key) for key, value in event_dict.items()}
 
 
-# Library loggers that bring their own stderr handler (or stop propagation), so their lines
-# would reach the terminal whatever the root logger does. `quiet_libraries` routes them
-# through our handlers instead: into the log file.
-LIBRARY_LOGGERS = (
-    "transformers", "datasets", "evaluate", "huggingface_hub", "peft", "trl", "accelerate",
-    "bitsandbytes", "mlflow", "alembic", "sqlalchemy.engine", "prefect", "httpx", "urllib3",
-    "autogen", "autogen.oai.client", "chromadb", "sentence_transformers",
-)
+# Library loggers that bring their own console handler (found by importing the stack and
+# listing handlers), so their lines would reach the terminal whatever the root logger does.
+# `quiet_libraries` routes them through the root's handlers: into the log file. The rest
+# (peft, trl, accelerate, bitsandbytes, prefect, chromadb, ...) propagate to the root anyway.
+LIBRARY_LOGGERS = ("transformers", "datasets", "evaluate", "huggingface_hub", "mlflow",
+                   "alembic", "sqlalchemy.engine", "autogen.oai.client", "autogen.oai.cohere")
 # Request-by-request chatter, kept out of the log file too.
 CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "alembic")
 LOG_FILE_BYTES = 5 * 2**20
@@ -154,6 +155,10 @@ def quiet_libraries() -> None:
             if type(handler) is logging.StreamHandler:  # not NullHandler, not a file
                 library.removeHandler(handler)
         library.propagate = True
+        # ag2 adds its stdout handler at import only to a logger that has none, and it is
+        # imported later (the breeding agents): a NullHandler now keeps it off.
+        if not library.handlers:
+            library.addHandler(logging.NullHandler())
 
 
 class TerminalHandler(logging.StreamHandler):
