@@ -8,6 +8,7 @@ tool calls; all three are recorded, none raises.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -62,8 +63,12 @@ def run_agent_batch(
     max_steps: int = 4,
     max_new_tokens: int = 96,
     batch_size: int = 16,
+    on_finished: Callable[[int], object] | None = None,
 ) -> list[AgentRun]:
-    """Run the ReAct agent on every question; returns one AgentRun per question, in order."""
+    """Run the ReAct agent on every question; returns one AgentRun per question, in order.
+
+    `on_finished(n)` is told after each generation call how many more runs have finished.
+    """
     runs = [AgentRun(question) for question in questions]
     prompts = [runtime.chat_prompt(build_messages(q)) for q in questions]
     for round_index in range(max_steps + 1):
@@ -76,6 +81,8 @@ def run_agent_batch(
                                        max_new_tokens=max_new_tokens, stop=[STOP_SEQUENCE])
             for i, reply in zip(chunk, replies, strict=True):
                 _advance(runs[i], reply, tools, last_round=round_index == max_steps)
+            if on_finished is not None:
+                on_finished(sum(runs[i].finished for i in chunk))
     return runs
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from evolora.logs import configure_logging, get_logger, quiet_libraries
+from evolora.progress import Progress, reporting, terminal_progress
 from evolora.settings import ConfigError, Settings, load_settings
 
 console = Console()
@@ -46,3 +51,35 @@ def settings_or_exit(config: str | None) -> Settings:
     except ConfigError as exc:
         err_console.print(f"error: {exc}")
         raise typer.Exit(code=2) from None
+
+
+def log_file_path(settings: Settings) -> Path:
+    """Where a long command writes its full log: `<paths.data_dir>/logs/evolora.log`."""
+    return settings.paths.data_dir / "logs" / "evolora.log"
+
+
+def log_to_file(settings: Settings) -> Path:
+    """Send library output and every event to the log file, and say where it is.
+
+    Called at the start of the long commands (train, cycle, data generate, eval): the
+    terminal keeps our own events, errors, the progress display and the result.
+    """
+    path = log_file_path(settings)
+    configure_logging(json_output=state.log_json, level=state.log_level, log_file=path)
+    quiet_libraries()
+    if state.log_json:
+        get_logger("cli").info("log.file", path=str(path))
+    else:
+        err_console.print(f"full log: {path}")
+    return path
+
+
+@contextmanager
+def progress_display() -> Iterator[Progress]:
+    """The command's one progress display on stderr, `current()` for the block.
+
+    A live line on a terminal; one plain line per finished stage in a pipe or CI (JSON
+    lines with --log-json).
+    """
+    with reporting(terminal_progress(json_lines=state.log_json)) as progress:
+        yield progress

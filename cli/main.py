@@ -14,6 +14,8 @@ from cli.common import (
     JsonOption,
     console,
     fail,
+    log_to_file,
+    progress_display,
     settings_or_exit,
     state,
 )
@@ -147,6 +149,7 @@ def data_generate(
     from tasks.data import build_and_log_splits
 
     settings = settings_or_exit(config)
+    log_to_file(settings)
     setup_mlflow(settings)
     try:
         data = build_and_log_splits(settings)
@@ -177,9 +180,11 @@ def train(
     from tasks.train.memory_plan import DoesNotFit
 
     settings = settings_or_exit(config)
+    log_to_file(settings)
     try:
-        summary = train_adapter_flow(settings=settings, adapter_name=name,
-                                     evaluate_base=not skip_base)
+        with progress_display():
+            summary = train_adapter_flow(settings=settings, adapter_name=name,
+                                         evaluate_base=not skip_base)
     except DoesNotFit as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -206,6 +211,7 @@ def eval_command(
     from tasks.evaluate.runner import evaluate_adapters
 
     settings = settings_or_exit(config)
+    log_to_file(settings)
     if split not in ("test", "eval"):
         raise fail(f"unknown split {split!r}", "use --split test or --split eval")
     adapter_dir = None
@@ -264,8 +270,10 @@ def cycle(
     from tasks.train.memory_plan import DoesNotFit
 
     settings = settings_or_exit(config)
+    log_to_file(settings)
     try:
-        summary = cycle_flow(settings=settings, new=new)
+        with progress_display():
+            summary = cycle_flow(settings=settings, new=new)
     except DoesNotFit as exc:
         raise fail(str(exc)) from None
     target = summary_path or settings.paths.mlruns_dir / "last-cycle.json"

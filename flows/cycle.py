@@ -23,6 +23,7 @@ from prefect import flow
 
 from evolora.logs import get_logger
 from evolora.models import base_model_checksum
+from evolora.progress import Stage, current
 from evolora.settings import EvolutionSettings, Settings, load_settings
 from evolora.tracking import log_resolved_config, setup_mlflow
 from evolora.vocabulary import CHAMPION, STEP_TAG
@@ -42,6 +43,7 @@ from tasks.records import (
     CycleSummary,
     GenerationPlan,
     GenerationResult,
+    InitialRecipe,
     Member,
     Promotion,
     ScoredSplit,
@@ -69,12 +71,17 @@ def cycle_flow(config: str | None = None, new: bool = False,
     started, resumed = time.perf_counter(), journal.resumed
     if resumed:
         log.info("cycle.resume", cycle=journal.cycle_id, members=list(journal.members))
+    recipes = seed_population(evo, settings.data.skills, seed=settings.train.seed,
+                              max_steps=settings.train.max_steps)
+    test_slots = plan_progress(settings, journal, recipes)
     with _parent_run(settings, journal) as parent_run_id:
         model_path = prepare_base_model(settings)
         if journal.data is None:
-            since = CycleJournal.harvest_watermark(journal.folder.parent)
-            synthetic = generate_data(settings, parent_run_id)
-            journal.update(data=mix_in_serving_traces(settings, synthetic, since, parent_run_id))
+            with stage("data"):
+                since = CycleJournal.harvest_watermark(journal.folder.parent)
+                synthetic = generate_data(settings, parent_run_id)
+                journal.update(data=mix_in_serving_traces(settings, synthetic, since,
+                                                          parent_run_id))
         ctx = CycleContext(cycle_id=journal.cycle_id, model_path=model_path,
                            base_sha=base_model_checksum(model_path), data=journal.data,
                            parent_run_id=parent_run_id, adapters_dir=journal.adapters_dir)
@@ -83,20 +90,25 @@ def cycle_flow(config: str | None = None, new: bool = False,
             """The member with its scores on `split`, evaluated once per cycle."""
             member = journal.members[member.id]
             if member.scores(split) is None:
-                member = journal.keep(member.with_scores(
-                    evaluate_member(settings.model, ctx, member, split)))
+                key = f"eval/{member.id}/{split}"
+                if split == "test":  # one of the test evaluations planned without a member
+                    key = next(test_slots, key)
+                with stage(key, f"evaluate {member.id} ({split})", ctx.data.rows[split],
+                           "eval_problem"):
+                    member = journal.keep(member.with_scores(
+                        evaluate_member(settings.model, ctx, member, split)))
             return member
 
         if journal.base_test is None:
-            journal.update(base_test=evaluate_member(settings.model, ctx, None, "test"))
+            with stage("eval/base/test"):
+                journal.update(base_test=evaluate_member(settings.model, ctx, None, "test"))
 
         population = []
-        for member_id, recipe in seed_population(evo, settings.data.skills,
-                                                 seed=settings.train.seed,
-                                                 max_steps=settings.train.max_steps).items():
+        for member_id, recipe in recipes.items():
             if member_id not in journal.members:
-                start = journal.members[recipe.init_from] if recipe.init_from else None
-                journal.keep(train_member(settings, ctx, member_id, recipe, start))
+                with stage(f"train/{member_id}"):
+                    start = journal.members[recipe.init_from] if recipe.init_from else None
+                    journal.keep(train_member(settings, ctx, member_id, recipe, start))
             population.append(scored(journal.members[member_id], "eval"))
         best_initial = max(population, key=lambda m: m.fitness)
 
@@ -104,18 +116,20 @@ def cycle_flow(config: str | None = None, new: bool = False,
         with breeding_llm(settings) as llm_base_url:
             for generation in range(1, evo.generations + 1):
                 if generation not in journal.plans:
-                    journal.plans[generation] = plan_generation(
-                        evo, settings.train.seed, generation, population, llm_base_url)
-                    journal.save()
+                    with stage(f"plan/{generation}"):
+                        journal.plans[generation] = plan_generation(
+                            evo, settings.train.seed, generation, population, llm_base_url)
+                        journal.save()
                 plan = journal.plans[generation]
                 children = []
                 for index, child in enumerate(plan.children):
                     child_id = f"g{generation}-c{index}"
                     if child_id not in journal.members:
-                        parents = [journal.members[p] for p in child.parents]
-                        start = journal.members[child.start] if child.start else None
-                        journal.keep(breed_child(settings, ctx, child_id, generation, child,
-                                                 parents, start))
+                        with stage(f"breed/{child_id}", f"breed {child_id}", 1, "breed"):
+                            parents = [journal.members[p] for p in child.parents]
+                            start = journal.members[child.start] if child.start else None
+                            journal.keep(breed_child(settings, ctx, child_id, generation,
+                                                     child, parents, start))
                     children.append(scored(journal.members[child_id], "eval"))
                 population, result = select_generation(evo, plan, population + children,
                                                        lambda m: scored(m, "test"))
@@ -125,7 +139,8 @@ def cycle_flow(config: str | None = None, new: bool = False,
                                              lambda m: scored(m, "test").test.accuracy)
         challenger = scored(challenger, "test")
         if journal.promotion is None:
-            journal.update(promotion=promote_challenger(evo, ctx, challenger))
+            with stage("gate"):
+                journal.update(promotion=promote_challenger(evo, ctx, challenger))
 
         summary = summarize(
             journal, evo, base=journal.base_test, best_initial=scored(best_initial, "test"),
@@ -135,8 +150,70 @@ def cycle_flow(config: str | None = None, new: bool = False,
         mlflow.log_metrics({f"summary_{k}": float(v) for k, v in summary.model_dump().items()
                             if isinstance(v, float)})
         mlflow.log_dict(summary.model_dump(mode="json"), "cycle-summary.json")
+    for unused in test_slots:
+        current().drop(unused)
     journal.update(status="done", summary=summary)
     return summary
+
+
+def plan_progress(settings: Settings, journal: CycleJournal,
+                  recipes: dict[str, InitialRecipe]) -> Iterator[str]:
+    """Tell the progress display every stage this cycle will run, and which a resumed run
+    already has: the remaining time is estimated from what is left.
+
+    Which members are scored on the test set is known only as the cycle goes (each
+    generation's best, the challenger, the specialists' merge and its parents), so that
+    many test evaluations are planned as slots; returns the slots' keys, to be taken in turn.
+    """
+    evo, progress = settings.evolution, current()
+    skills = len(settings.data.skills)
+    n_eval, n_test = skills * settings.data.eval_per_skill, skills * settings.data.test_per_skill
+    stages = [Stage("data", "generate data", 1, "data"),
+              Stage("eval/base/test", "evaluate the base model (test)", n_test, "eval_problem")]
+    for member_id, recipe in recipes.items():
+        stages += [Stage(f"train/{member_id}", f"train {member_id} ({recipe.role}: "
+                         f"{', '.join(recipe.skills)})", recipe.steps, "train_step"),
+                   Stage(f"eval/{member_id}/eval", f"evaluate {member_id} (eval)", n_eval,
+                         "eval_problem")]
+    for generation in range(1, evo.generations + 1):
+        stages.append(Stage(f"plan/{generation}", f"plan generation {generation}", 1, "plan"))
+        # The specialists' composition joins generation 1's children.
+        extra = int(generation == 1 and evo.population_size > 2)
+        for index in range(evo.children_per_generation + extra):
+            child_id = f"g{generation}-c{index}"
+            stages += [Stage(f"breed/{child_id}", f"breed {child_id}", 1, "breed"),
+                       Stage(f"eval/{child_id}/eval", f"evaluate {child_id} (eval)", n_eval,
+                             "eval_problem")]
+    children = sum(len(plan.children) for plan in journal.plans.values())
+    n_members = len(recipes) + max(children, evo.generations * evo.children_per_generation + 1)
+    tested = sum(m.test is not None for m in journal.members.values())
+    slots = [f"eval/test/{i}" for i in range(max(0, min(n_members, evo.generations + 5)
+                                                  - tested))]
+    stages += [Stage(key, "evaluate on the test set", n_test, "eval_problem") for key in slots]
+    stages.append(Stage("gate", "promotion gate", 1, "step"))
+    progress.plan(stages)
+    done = {"data": journal.data is not None, "eval/base/test": journal.base_test is not None,
+            "gate": journal.promotion is not None,
+            **{f"plan/{g}": True for g in journal.plans}}
+    for member in journal.members.values():
+        done[f"{'train' if member.generation == 0 else 'breed'}/{member.id}"] = True
+        done[f"eval/{member.id}/eval"] = member.eval is not None
+    for key in (key for key, finished in done.items() if finished):
+        progress.finish(key)
+    return iter(slots)
+
+
+@contextmanager
+def stage(key: str, label: str | None = None, units: int = 1, kind: str = "step"
+          ) -> Iterator[None]:
+    """Report one stage of the cycle to the progress display while it runs (a stage not
+    planned yet is added, with `label`, `units` and `kind`)."""
+    progress = current()
+    if label is not None:
+        progress.plan([Stage(key, label, units, kind)])
+    progress.start(key)
+    yield
+    progress.finish(key)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,12 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
     result = CliRunner().invoke(app, ["cycle", "-c", "tiny", "--new", "--summary",
                                       str(summary_path)])
     assert result.exit_code == 0, result.output
+    # One progress line per stage, counted in the order they ran, then the summary table.
+    lines = [line for line in result.output.splitlines() if line.startswith("[")]
+    assert lines[0].startswith("[1/") and "generate data: done in" in lines[0]
+    assert any(re.match(r"\[\d+/\d+\] train g0-m1 \(specialist: ", line) for line in lines)
+    assert re.search(r"\n(\d+) of \1 stages done in ", result.output)
+    assert "Map:" not in result.output and "it/s]" not in result.output
     assert set(json.loads(summary_path.read_text())) >= SUMMARY_KEYS
     summary = CycleSummary.model_validate_json(summary_path.read_text())
     for accuracy in (summary.base, summary.best_initial, summary.champion):

@@ -1,9 +1,15 @@
-"""Logging: secrets never reach stderr in clear, in console lines or JSON lines."""
+"""Logging: secrets never reach stderr in clear; library noise goes to the log file."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,16 +17,32 @@ import structlog
 from typer.testing import CliRunner
 
 from cli.main import app
-from evolora.logs import MASK, configure_logging, get_logger, redact_secrets
+from evolora.logs import MASK, configure_logging, get_logger, quiet_libraries, redact_secrets
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# What library output looks like on a terminal: progress bars, warnings, Prefect's lines.
+NOISE = ("Saving the dataset", "Map:", "it/s]", "examples/s]", "%|", "Warning", "warnings.warn",
+         "Flow run", "Task run", "Finished in state", "temporary server",
+         "gemm_4bit_forward")
 
 SECRETS = ["sk-live-123456", "xyz.abc-987", "evk_0123456789abcdef", "hunter2pass"]
 
 
 @pytest.fixture(autouse=True)
-def restore_structlog() -> Iterator[None]:
-    """These tests reconfigure logging globally; later tests get structlog's defaults back."""
+def restore_logging() -> Iterator[None]:
+    """These tests reconfigure logging globally; later tests get the logging they had."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     yield
     structlog.reset_defaults()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        if handler not in handlers:
+            handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 def redact(**event: Any) -> dict[str, Any]:
@@ -156,3 +178,129 @@ def test_logging_still_works_after_a_cli_command_finished(
     get_logger("test.logs").warning("still.logging")
 
     assert "still.logging" in capsys.readouterr().err
+
+
+def test_with_a_log_file_library_output_goes_there_and_not_to_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import transformers.utils.logging as transformers_logging
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # restored after
+    log_file = tmp_path / "logs" / "evolora.log"
+    configure_logging(log_file=log_file)
+    quiet_libraries()
+    import autogen.oai.client  # noqa: F401 (ag2, imported later than this on a real run)
+
+    log = get_logger("test.logs")
+
+    log.debug("our.debug.detail")
+    log.info("our.info.event", step=3)
+    transformers_logging.get_logger("transformers.modeling_utils").warning("tied weights note")
+    logging.getLogger("datasets.arrow_dataset").warning("datasets cache note")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").warning(
+        "Failed to load CPU gemm_4bit_forward from kernels-community: no kernels")
+    logging.getLogger("prefect.flow_runs").info("Beginning flow run 'quiet-crow'")
+    logging.getLogger("prefect.task_runs").error("Task run failed: retries are exhausted")
+    warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning, stacklevel=1)
+    logging.getLogger("mlflow.store").error("tracking store unreachable")
+    logging.getLogger("autogen.oai.client").warning("Model smollm2 is not found")
+    logging.getLogger("httpx").warning("retrying with Authorization: Bearer xyz.abc-987")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "our.info.event" in err and "step=3" in err
+    assert "tracking store unreachable" in err  # a library's error still shows
+    for hidden in ("our.debug.detail", "tied weights note", "datasets cache note",
+                   "gemm_4bit_forward", "quiet-crow", "retries are exhausted", "deprecated",
+                   "smollm2 is not found"):
+        assert hidden not in err
+    written = log_file.read_text()
+    for line in ("our.debug.detail", "our.info.event", "tied weights note",
+                 "datasets cache note", "gemm_4bit_forward", "Beginning flow run 'quiet-crow'",
+                 "retries are exhausted", "FutureWarning: `is_gradient_checkpointing`",
+                 "tracking store unreachable", "smollm2 is not found"):
+        assert line in written
+    assert "[transformers.modeling_utils]" in written  # where a library line came from
+    assert "Authorization: Bearer ***" in written  # library lines are redacted too
+    assert "xyz.abc-987" not in written
+
+
+def test_without_a_log_file_library_warnings_still_show(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging()
+    logging.getLogger("datasets.arrow_dataset").warning("datasets cache note")
+    logging.getLogger("datasets.arrow_dataset").info("datasets info")
+    get_logger("test.logs").debug("our.debug.detail")
+
+    err = capsys.readouterr().err
+    assert "datasets cache note" in err
+    assert "datasets info" not in err and "our.debug.detail" not in err
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVOLORA_", "PREFECT_"))}
+    # A fresh Prefect home (its database is migrated on first use: slow on a busy CPU).
+    env.update(PYTHONPATH=str(PROJECT_ROOT), PREFECT_HOME=str(tmp_path / "prefect"),
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+               EVOLORA_PATHS__DATA_DIR=str(tmp_path / "data"),
+               EVOLORA_PATHS__MLRUNS_DIR=str(tmp_path / "mlruns"))
+    return subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_data_generate_prints_no_library_noise_and_says_where_the_log_is(
+    tmp_path: Path,
+) -> None:
+    done = _run(["-m", "cli.main", "data", "generate", "-c", "tiny"], tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    log_file = tmp_path / "data" / "logs" / "evolora.log"
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"full log: {log_file}"
+    assert any("data.ready" in line for line in lines)  # our own events stay
+    for noise in NOISE:
+        assert noise not in done.stderr, f"{noise!r} on the terminal:\n{done.stderr}"
+    assert "train" in done.stdout  # the command's result, on stdout
+    assert "data.ready" in log_file.read_text()
+
+
+QUIET_FLOW = """
+import sys
+from pathlib import Path
+
+from evolora.logs import configure_logging
+
+configure_logging(log_file=Path(sys.argv[1]))
+
+from prefect import flow, task
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@flow(name="quiet-flow")
+def quiet_flow() -> int:
+    return double(21)
+
+
+print(quiet_flow())
+"""
+
+
+@pytest.mark.server
+def test_prefect_run_lines_go_to_the_log_file_not_the_terminal(tmp_path: Path) -> None:
+    log_file = tmp_path / "evolora.log"
+    done = _run(["-c", QUIET_FLOW, str(log_file)], tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "42"
+    assert done.stderr == ""
+    written = log_file.read_text()
+    assert "Beginning flow run" in written
+    assert "Finished in state Completed()" in written
+    assert "task_run_name=double-" in written

@@ -24,6 +24,7 @@ from agent.react_format import normalize_answer
 from agent.tools import Tool, default_tools
 from engines.transformers_runtime import ModelRuntime
 from evolora.logs import get_logger
+from evolora.progress import current
 from evolora.tracking import start_step_run
 from evolora.vocabulary import CANDIDATE_TAG, STEP_TAG
 from tasks.evaluate.metrics import metric_path
@@ -122,9 +123,11 @@ def evaluate_candidate(
         started = time.perf_counter()
         with runtime.lock:
             runtime.use(adapter)
+            # Batches are formed over all the problems still running at each round, as
+            # always; the progress display counts problems as they finish.
             runs = run_agent_batch(runtime, [ex["question"] for ex in examples], tools,
                                    max_steps=max_steps, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, on_finished=current().advance)
         wall = time.perf_counter() - started
         scores, rows = score_runs(runs, examples, split)
         scores[f"{split}_eval_wall_s"] = wall

@@ -20,11 +20,12 @@ from typing import Any
 
 import mlflow
 import torch
-from transformers import AutoConfig, TrainerCallback
+from transformers import AutoConfig, PrinterCallback, ProgressCallback, TrainerCallback
 
 from engines.transformers_runtime import load_tokenizer, pick_device
 from evolora.logs import get_logger
 from evolora.models import base_model_checksum, sha256_file
+from evolora.progress import current
 from evolora.settings import Settings, TrainSettings
 from evolora.tracking import log_resolved_config, start_step_run
 from evolora.vocabulary import STEP_TAG
@@ -83,6 +84,18 @@ class MlflowStepLogger(TrainerCallback):
         self.last.update(metrics)
         if mlflow.active_run():
             mlflow.log_metrics(metrics, step=state.global_step)
+
+
+class StepProgress(TrainerCallback):
+    """Advances the command's progress display at each optimizer step; each logging
+    step's numbers go to the log file (the Trainer's own bar and printed dicts are off)."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        current().advance()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:
+        log.debug("train.step", step=state.global_step, **(logs or {}))
 
 
 def _lean_trainer_class() -> type:
@@ -210,7 +223,9 @@ def train_adapter(
     )
     step_logger = MlflowStepLogger()
     trainer = LeanSFTTrainer(model=model, args=sft_config, train_dataset=dataset,
-                             processing_class=tokenizer, callbacks=[step_logger])
+                             processing_class=tokenizer, callbacks=[step_logger, StepProgress()])
+    for console_callback in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(console_callback)  # the progress display shows the steps
     run_tags = {STEP_TAG: "train", "evolora.adapter": name, **(tags or {})}
     try:
         with start_step_run(f"train-{name}", parent_run_id, run_tags) as run:
