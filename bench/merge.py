@@ -45,8 +45,7 @@ def specialists_of(journal: CycleJournal) -> list[Member]:
 
 def build_merge(model_path: str, journal: CycleJournal, specialists: list[Member],
                 method: str, density: float, out: Path) -> Path:
-    from tasks.evolve.merge import crossover, merge_from_start
-    from tasks.evolve.population import specialist_merge_recipe
+    from tasks.evolve import crossover, merge_from_start, specialist_merge_recipe
 
     plan = specialist_merge_recipe(specialists, method, density=density)
     if method != "mean" and plan.start is None:
@@ -68,7 +67,7 @@ def main() -> None:
 
     from evolora.tracking import setup_mlflow
     from tasks.data import load_split
-    from tasks.evaluate.runner import evaluate_adapters
+    from tasks.evaluate import evaluate_adapters
 
     settings = load_settings(args.config)
     cycle = args.cycle or newest_cycle(settings)

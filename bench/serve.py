@@ -55,7 +55,7 @@ def register_champion(settings: Settings, adapter_dir: Path) -> str:
     import mlflow
 
     from evolora.tracking import setup_mlflow
-    from tasks.registry.versions import Candidate, register_candidate
+    from tasks.registry import Candidate, register_candidate
 
     client = setup_mlflow(settings)
     with mlflow.start_run(run_name="bench-serve") as run:

@@ -31,7 +31,7 @@ def run_ours(config: str, steps: int, rows: int, out: Path) -> dict[str, Any]:
     from evolora.settings import load_settings
     from evolora.tracking import setup_mlflow
     from tasks.data import build_splits
-    from tasks.train.trainer import train_adapter
+    from tasks.train import train_adapter
 
     settings = load_settings(config)
     settings = settings.model_copy(update={

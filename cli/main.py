@@ -177,7 +177,7 @@ def train(
 ) -> None:
     """Run the train-adapter flow: data, one LoRA adapter, test-set scores vs the base."""
     from flows.train_adapter import train_adapter_flow
-    from tasks.train.memory_plan import DoesNotFit
+    from tasks.train import DoesNotFit
 
     settings = settings_or_exit(config)
     log_to_file(settings)
@@ -208,7 +208,7 @@ def eval_command(
     from evolora.models import ModelError, resolve_base_model
     from evolora.tracking import setup_mlflow
     from tasks.data import build_and_log_splits, load_split
-    from tasks.evaluate.runner import evaluate_adapters
+    from tasks.evaluate import evaluate_adapters
 
     settings = settings_or_exit(config)
     log_to_file(settings)
@@ -267,7 +267,7 @@ def cycle(
 ) -> None:
     """Run one self-improvement cycle: data, population, evolution, promotion gate."""
     from flows.cycle import cycle_flow
-    from tasks.train.memory_plan import DoesNotFit
+    from tasks.train import DoesNotFit
 
     settings = settings_or_exit(config)
     log_to_file(settings)

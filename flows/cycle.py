@@ -62,7 +62,7 @@ def cycle_flow(config: str | None = None, new: bool = False,
     `settings` (what the CLI loaded) wins over `config` (a name in configs/ or a YAML path,
     as a deployment passes it; None: $EVOLORA_CONFIG or `default`).
     """
-    from tasks.evolve.population import seed_population
+    from tasks.evolve import seed_population
 
     settings = settings or load_settings(config)
     evo = settings.evolution
@@ -234,8 +234,7 @@ def select_generation(evo: EvolutionSettings, plan: GenerationPlan, pool: list[M
                       ) -> tuple[list[Member], GenerationResult]:
     """The survivors of `pool` (elitist truncation by fitness) and the generation's record,
     whose best member is scored on the test set through `with_test`."""
-    from tasks.evolve.merge import population_diversity
-    from tasks.evolve.plan import select_survivors
+    from tasks.evolve import population_diversity, select_survivors
 
     kept = {m.id for m in select_survivors(pool, population_size=evo.population_size,
                                            elite=evo.elite)}

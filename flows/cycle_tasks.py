@@ -70,7 +70,7 @@ def candidate_tags(ctx: CycleContext, member: Member | None) -> dict[str, str]:
 def mix_in_serving_traces(settings: Settings, data: DataSplits, since: float | None,
                           parent_run_id: str) -> DataSplits:
     """The splits with verified serving traces since `since` mixed into training."""
-    from tasks.harvest.pipeline import harvest_into_training
+    from tasks.harvest import harvest_into_training
 
     return harvest_into_training(settings, data, since=since, parent_run_id=parent_run_id)
 
@@ -80,8 +80,8 @@ def train_member(settings: Settings, ctx: CycleContext, member_id: str, recipe: 
                  start: Member | None) -> Member:
     """Train one initial member on its skills' rows (continuing `start`'s adapter if given)."""
     from tasks.data import load_split
-    from tasks.evolve.population import rows_for_skills
-    from tasks.train.trainer import train_adapter
+    from tasks.evolve import rows_for_skills
+    from tasks.train import train_adapter
 
     member = Member(id=member_id, adapter_dir=ctx.adapters_dir / member_id,
                     rank=settings.train.rank, generation=0, recipe=recipe)
@@ -106,9 +106,14 @@ def breed_child(settings: Settings, ctx: CycleContext, child_id: str, generation
     from it (`merge_from_start`); any other plan goes through PEFT's weighted merges.
     """
     from tasks.data import load_split
-    from tasks.evolve.adapter_files import adapter_rank
-    from tasks.evolve.merge import crossover, merge_from_start
-    from tasks.evolve.mutate import mutate_finetune, mutate_noise, mutate_rank
+    from tasks.evolve import (
+        adapter_rank,
+        crossover,
+        merge_from_start,
+        mutate_finetune,
+        mutate_noise,
+        mutate_rank,
+    )
 
     out = ctx.adapters_dir / child_id
     recipe = plan.recipe()
@@ -156,7 +161,7 @@ def evaluate_member(model: ModelSettings, ctx: CycleContext, member: Member | No
                     split: ScoredSplit) -> Scores:
     """A member's (or the base model's, for None) scores on `split`."""
     from tasks.data import load_split
-    from tasks.evaluate.runner import evaluate_adapters
+    from tasks.evaluate import evaluate_adapters
 
     name = member.id if member else "base"
     results = evaluate_adapters(model, ctx.model_path, list(load_split(ctx.data.path(split))),
@@ -171,8 +176,7 @@ def plan_generation(evo: EvolutionSettings, seed: int, generation: int,
                     population: list[Member], llm_base_url: str | None) -> GenerationPlan:
     """The generation's children: the agents' plan (or the GA's), and in generation 1 the
     specialists' composition (as LoraHub composes task adapters)."""
-    from tasks.evolve.agents import decide_plan, llm_config_for
-    from tasks.evolve.population import specialist_merge_recipe
+    from tasks.evolve import decide_plan, llm_config_for, specialist_merge_recipe
 
     llm_config = llm_config_for(evo, llm_base_url) if llm_base_url else None
     plan, decision = decide_plan(population, evo, n_children=evo.children_per_generation,
@@ -192,7 +196,7 @@ def promote_challenger(evo: EvolutionSettings, ctx: CycleContext,
                        challenger: Member) -> Promotion:
     """Register the cycle's challenger and let the gate decide whether it becomes champion."""
     from tasks.registry import Candidate, get_alias, promote_if_better, register_candidate
-    from tasks.train.trainer import read_adapter_manifest
+    from tasks.train import read_adapter_manifest
 
     if challenger.test is None:
         raise ValueError(f"challenger {challenger.id} has no test scores to be judged on")

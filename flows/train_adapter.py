@@ -46,7 +46,7 @@ def train_one(settings: Settings, model_path: str, data: DataSplits, name: str,
               seed: int | None = None, parent_run_id: str | None = None) -> TrainedAdapter:
     """Train one adapter on the train split; returns its folder, run id and metrics."""
     from tasks.data import load_split
-    from tasks.train.trainer import train_adapter
+    from tasks.train import train_adapter
 
     result = train_adapter(settings, model_path, load_split(data.train_path),
                            settings.paths.data_dir / "adapters", name, seed=seed,
@@ -61,7 +61,7 @@ def evaluate_candidates(settings: Settings, model_path: str, data: DataSplits,
                         parent_run_id: str | None = None) -> dict[str, Scores]:
     """Test-set scores of each named adapter folder (None: the base model)."""
     from tasks.data import load_split
-    from tasks.evaluate.runner import evaluate_adapters
+    from tasks.evaluate import evaluate_adapters
 
     results = evaluate_adapters(settings.model, model_path, list(load_split(data.test_path)),
                                 adapters, tags={"evolora.test_set_hash": data.hashes["test"]},

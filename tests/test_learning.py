@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from evolora.settings import Settings
-from evolora.vocabulary import CANDIDATE_TAG, setup_mlflow
+from evolora.tracking import setup_mlflow
+from evolora.vocabulary import CANDIDATE_TAG
 from tasks.train.trainer import ADAPTER_MANIFEST, read_adapter_manifest, verify_adapter_files
 
 
