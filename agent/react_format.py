@@ -21,14 +21,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
 
-# Kept short on purpose: the system prompt is most of each training example's tokens, and
-# prompt length dominates CPU training cost (this one is ~62 SmolLM2 tokens).
-SYSTEM_PROMPT = (
-    "Use tools. Write Thought/Action/Action Input, read Observation, end with Final Answer.\n"
-    "Tools: calculator, convert (km to mi), date (D + N days, days between D and D, "
-    "weekday D; D=YYYY-MM-DD), currency (USD to EUR)."
-)
+from evolora.prompts import load_prompts
+
+# Kept short on purpose (agent/prompts.yaml): the system prompt is most of each training
+# example's tokens, and prompt length dominates CPU training cost.
+SYSTEM_PROMPT = load_prompts(Path(__file__).with_name("prompts.yaml"), ["system"])["system"]
 
 STOP_SEQUENCE = "\nObservation:"
 

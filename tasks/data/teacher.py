@@ -26,6 +26,7 @@ import httpx
 
 from engines.llama_server import EmbeddedLlamaServer, default_gguf_path
 from evolora.logs import get_logger
+from evolora.prompts import load_prompts
 from evolora.settings import TeacherBackend, TeacherSettings
 from tasks.data.teacher_backends import (
     chat,
@@ -38,6 +39,9 @@ from tasks.data.teacher_backends import (
 from tasks.data.teacher_replies import clean_paraphrase, strip_thinking
 
 log = get_logger(__name__)
+# The teacher's prompts are data: tasks/data/prompts.yaml.
+PROMPTS = load_prompts(Path(__file__).with_name("prompts.yaml"),
+                       ["paraphrase", "paraphrase_system"])
 
 _BACKOFF_S = 0.25
 _HEALTH_TIMEOUT_S = 5.0
@@ -317,9 +321,8 @@ class Teacher:
         """A one-line rewording of `question` keeping every number, or None (no teacher/garbage)."""
         try:
             reply = self.complete(
-                f"Reword this question. Keep every number, unit and date exactly as they are. "
-                f"Reply with the reworded question only.\n\nQuestion: {question}",
-                system="You reword questions. You answer with one line: the reworded question.",
+                PROMPTS["paraphrase"].format(question=question),
+                system=PROMPTS["paraphrase_system"],
                 max_tokens=max(32, len(question) // 2 + 32),
             )
         except TeacherUnavailable as exc:

@@ -18,9 +18,11 @@ import random
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from evolora.logs import get_logger
+from evolora.prompts import load_prompts
 from evolora.settings import EvolutionSettings
 from evolora.vocabulary import UNEQUAL_RANK_TYPES
 from tasks.evolve.plan import (
@@ -38,25 +40,9 @@ APPROVE = "APPROVE"
 BREEDER_MAX_TOKENS = 512
 CRITIC_MAX_TOKENS = 160
 
-BREEDER_PROMPT = """You are the breeder of a population of LoRA adapters.
-Propose exactly {n_children} children as ONE JSON object and nothing else:
-{{"children": [{{"parents": ["<id>", "<id>"], "combination_type": "<type>",
-  "weights": [<w>, <w>], "density": 0.5,
-  "mutation": {{"kind": "none|noise|rank|finetune", "strength": 0.0, "rank": null,
-  "steps": null}}}}], "rationale": "<one sentence>"}}
-Rules: parents are 1 to 4 ids from the table; one weight per parent, the weights adding up
-to at most 1 (each parent's share); a single parent
-means mutation only (its mutation must not be "none"); combination_type is one of: {types};
-parents of different rank may only be combined with {unequal}.
-Prefer fit parents, but keep some diversity. If the critic asks for a fix, send the whole
-corrected JSON again."""
-
-CRITIC_PROMPT = """You are the critic. Check the breeder's latest JSON plan against the table:
-parent ids exist, one weight per parent, weights adding up to at most 1, allowed
-combination types ({types}), equal ranks
-unless the type is {unequal}, exactly {n_children} children, fit parents preferred.
-If the plan is acceptable reply with the single word APPROVE.
-Otherwise reply REVISE: followed by the problems, one per line."""
+# The breeder's and the critic's prompts are data: tasks/evolve/prompts.yaml.
+PROMPTS = load_prompts(Path(__file__).with_name("prompts.yaml"), ["breeder", "critic"])
+BREEDER_PROMPT, CRITIC_PROMPT = PROMPTS["breeder"], PROMPTS["critic"]
 
 
 def llm_config_for(settings: EvolutionSettings, base_url: str) -> dict[str, Any]:
