@@ -1,7 +1,8 @@
 """Training throughput: evolora's training path vs a plain transformers + PEFT loop.
 
 Both train the same LoRA (rank, targets, lr) on the same rows of the same data, for the
-same number of optimiser steps at the same batch size, with bf16 autocast, each in its own
+same number of optimiser steps at the same batch size and precision (bf16 autocast where the
+CPU has native bf16, else float32), each in its own
 process (so each peak RSS is its own). Prints one JSON object:
 
     {"ours": {...}, "plain": {...}, "speedup": ours_tokens_per_s / plain_tokens_per_s}
@@ -58,6 +59,7 @@ def run_plain(config: str, steps: int, rows: int, out: Path) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from engines.transformers_runtime import native_bf16
     from evolora.settings import load_settings
     from tasks.data import build_splits
 
@@ -67,7 +69,10 @@ def run_plain(config: str, steps: int, rows: int, out: Path) -> dict[str, Any]:
     train_rows = bundle.train.shuffle(seed=0).select(range(min(rows, len(bundle.train))))
     model_path = _model_path(settings)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16)
+    # The same precision rule as ours: bf16 where the CPU has it natively, else float32.
+    bf16 = native_bf16("cpu")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     model = get_peft_model(model, LoraConfig(
         r=train.rank, lora_alpha=train.alpha, lora_dropout=train.dropout,
         target_modules=list(train.target_modules), task_type="CAUSAL_LM"))
@@ -92,7 +97,7 @@ def run_plain(config: str, steps: int, rows: int, out: Path) -> dict[str, Any]:
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()

@@ -68,8 +68,12 @@ def check_torch_device() -> Check:
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         return Check("torch device", "ok", f"CUDA: {name} (torch {torch.__version__})")
+    from engines.transformers_runtime import native_bf16
+
+    precision = ("bf16 (native on this CPU)" if native_bf16("cpu")
+                 else "float32 (this CPU has no native bf16: emulated bf16 is many times slower)")
     return Check("torch device", "ok", f"CPU ({torch.get_num_threads()} threads, "
-                 f"torch {torch.__version__}); training uses plain LoRA in bf16")
+                 f"torch {torch.__version__}); training uses plain LoRA in {precision}")
 
 
 def check_gpu() -> Check:

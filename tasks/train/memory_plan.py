@@ -125,7 +125,7 @@ def plan_training(train: TrainSettings, shape: ModelShape, device: str,
                     gradient_checkpointing=checkpointing,
                     estimated_peak_gib=round(peak / GIB, 2),
                     budget_gib=round(budget / GIB, 2),
-                    mixed_precision="bf16" if _bf16_ok(device) else "fp16",
+                    mixed_precision=_mixed_precision(device),
                 )
     smallest = estimate_peak_bytes(shape, train, quantization, 1, True, device)
     raise DoesNotFit(
@@ -142,9 +142,11 @@ def _available_ram() -> float:
     return float(psutil.virtual_memory().available) * 0.8
 
 
-def _bf16_ok(device: str) -> bool:
-    if device != "cuda":
-        return True  # CPU autocast runs bf16 on any x86-64 with AVX-512 or a fallback
-    import torch
+def _mixed_precision(device: str) -> Literal["bf16", "fp16", "fp32"]:
+    """bf16 where the device computes it natively; else fp16 on a GPU, fp32 on a CPU (a
+    CPU without AVX-512 BF16 emulates bf16 many times slower than it runs float32)."""
+    from engines.transformers_runtime import native_bf16
 
-    return bool(torch.cuda.is_bf16_supported())
+    if native_bf16(device):
+        return "bf16"
+    return "fp16" if device == "cuda" else "fp32"

@@ -135,8 +135,8 @@ def load_for_training(model_path: str, plan: TrainPlan, train: TrainSettings,
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if plan.mixed_precision == "bf16"
-                              else torch.float16}
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": dtypes[plan.mixed_precision]}
     if plan.quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
