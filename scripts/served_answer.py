@@ -12,6 +12,7 @@ import sys
 
 import httpx
 
+from cli.common import log_to_file
 from evolora.settings import load_settings
 from serving.app import create_app
 from serving.local_server import running_server
@@ -27,6 +28,7 @@ def main() -> int:
     # In-process on a free 127.0.0.1 port; a config with keys switched on is a deployment,
     # which this demo does not create keys for.
     settings = load_settings(args.config)
+    log_to_file(settings)  # library warnings to the log file, as every long command does
     if settings.serving.auth_enabled:
         print("serving.auth_enabled is on: call the running service with a key instead "
               "(evolora serve, evolora keys create)", file=sys.stderr)
