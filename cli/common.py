@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
 from evolora.logs import configure_logging, get_logger, quiet_libraries
-from evolora.progress import Progress, reporting, terminal_progress
+from evolora.progress import reporting, terminal_progress
 from evolora.settings import ConfigError, Settings, load_settings
+
+T = TypeVar("T")
 
 console = Console()
 # Errors are printed verbatim (no markup) and unwrapped, so paths and fixes stay whole.
@@ -74,12 +75,15 @@ def log_to_file(settings: Settings) -> Path:
     return path
 
 
-@contextmanager
-def progress_display() -> Iterator[Progress]:
-    """The command's one progress display on stderr, `current()` for the block.
+def run_flow(settings: Settings, call: Callable[[], T]) -> T:
+    """A flow run as a long command: the log file, one progress display on stderr (a live
+    line on a terminal; one plain line per finished stage in a pipe or CI, JSON lines with
+    --log-json), and a training plan that cannot fit reported as a one-line error."""
+    from tasks.train import DoesNotFit
 
-    A live line on a terminal; one plain line per finished stage in a pipe or CI (JSON
-    lines with --log-json).
-    """
-    with reporting(terminal_progress(json_lines=state.log_json)) as progress:
-        yield progress
+    log_to_file(settings)
+    try:
+        with reporting(terminal_progress(json_lines=state.log_json)):
+            return call()
+    except DoesNotFit as exc:
+        raise fail(str(exc)) from None

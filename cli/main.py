@@ -15,7 +15,7 @@ from cli.common import (
     console,
     fail,
     log_to_file,
-    progress_display,
+    run_flow,
     settings_or_exit,
     state,
 )
@@ -177,16 +177,10 @@ def train(
 ) -> None:
     """Run the train-adapter flow: data, one LoRA adapter, test-set scores vs the base."""
     from flows.train_adapter import train_adapter_flow
-    from tasks.train import DoesNotFit
 
     settings = settings_or_exit(config)
-    log_to_file(settings)
-    try:
-        with progress_display():
-            summary = train_adapter_flow(settings=settings, adapter_name=name,
-                                         evaluate_base=not skip_base)
-    except DoesNotFit as exc:
-        raise fail(str(exc)) from None
+    summary = run_flow(settings, lambda: train_adapter_flow(
+        settings=settings, adapter_name=name, evaluate_base=not skip_base))
     if as_json:
         print(summary.model_dump_json(indent=2))
         return
@@ -267,15 +261,9 @@ def cycle(
 ) -> None:
     """Run one self-improvement cycle: data, population, evolution, promotion gate."""
     from flows.cycle import cycle_flow
-    from tasks.train import DoesNotFit
 
     settings = settings_or_exit(config)
-    log_to_file(settings)
-    try:
-        with progress_display():
-            summary = cycle_flow(settings=settings, new=new)
-    except DoesNotFit as exc:
-        raise fail(str(exc)) from None
+    summary = run_flow(settings, lambda: cycle_flow(settings=settings, new=new))
     target = summary_path or settings.paths.mlruns_dir / "last-cycle.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(summary.model_dump_json(indent=2))

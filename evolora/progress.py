@@ -352,6 +352,19 @@ def current() -> Progress:
 
 
 @contextmanager
+def stage(key: str, label: str | None = None, units: int = 1, kind: str = "step"
+          ) -> Iterator[None]:
+    """Report one stage to the current reporter while the block runs (a stage not planned
+    yet is added, with `label`, `units` and `kind`)."""
+    progress = current()
+    if label is not None:
+        progress.plan([Stage(key, label, units, kind)])
+    progress.start(key)
+    yield
+    progress.finish(key)
+
+
+@contextmanager
 def reporting(progress: Progress) -> Iterator[Progress]:
     """Make `progress` the `current()` reporter for the block; closed when the block ends."""
     _active.append(progress)

@@ -23,7 +23,7 @@ from prefect import flow
 
 from evolora.logs import get_logger
 from evolora.models import base_model_checksum
-from evolora.progress import Stage, current
+from evolora.progress import Stage, current, stage
 from evolora.settings import EvolutionSettings, Settings, load_settings
 from evolora.tracking import log_resolved_config, setup_mlflow
 from evolora.vocabulary import CHAMPION, STEP_TAG
@@ -201,19 +201,6 @@ def plan_progress(settings: Settings, journal: CycleJournal,
     for key in (key for key, finished in done.items() if finished):
         progress.finish(key)
     return iter(slots)
-
-
-@contextmanager
-def stage(key: str, label: str | None = None, units: int = 1, kind: str = "step"
-          ) -> Iterator[None]:
-    """Report one stage of the cycle to the progress display while it runs (a stage not
-    planned yet is added, with `label`, `units` and `kind`)."""
-    progress = current()
-    if label is not None:
-        progress.plan([Stage(key, label, units, kind)])
-    progress.start(key)
-    yield
-    progress.finish(key)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import mlflow
 from prefect import flow, task
 
 from evolora.logs import get_logger
-from evolora.progress import Stage, current
+from evolora.progress import Stage, current, stage
 from evolora.settings import Settings, load_settings
 from evolora.tracking import log_resolved_config, setup_mlflow, start_step_run
 from evolora.vocabulary import STEP_TAG
@@ -85,24 +85,23 @@ def train_adapter_flow(config: str | None = None, adapter_name: str = "adapter-0
                         tags={STEP_TAG: "flow"}) as parent:
         log_resolved_config(settings)
         parent_id = parent.info.run_id
-        progress = current()
         n_test = len(settings.data.skills) * settings.data.test_per_skill
-        progress.plan([
+        current().plan([
             Stage("data", "generate data", 1, "data"),
             Stage("train", f"train {adapter_name}", settings.train.max_steps, "train_step"),
             Stage("evaluate", "evaluate on the test set",
                   n_test * (2 if evaluate_base else 1), "eval_problem")])
         model_path = prepare_base_model(settings)
-        progress.start("data")
-        data = generate_data(settings, parent_run_id=parent_id)
-        progress.start("train")
-        trained = train_one(settings, model_path, data, adapter_name, parent_run_id=parent_id)
-        progress.start("evaluate")
+        with stage("data"):
+            data = generate_data(settings, parent_run_id=parent_id)
+        with stage("train"):
+            trained = train_one(settings, model_path, data, adapter_name,
+                                parent_run_id=parent_id)
         candidates: dict[str, Path | None] = {"base": None} if evaluate_base else {}
-        scores = evaluate_candidates(settings, model_path, data,
-                                     {**candidates, adapter_name: trained.adapter_dir},
-                                     parent_run_id=parent_id)
-        progress.finish("evaluate")
+        with stage("evaluate"):
+            scores = evaluate_candidates(settings, model_path, data,
+                                         {**candidates, adapter_name: trained.adapter_dir},
+                                         parent_run_id=parent_id)
         summary = TrainSummary(
             config=settings.name, adapter=trained,
             test={name: _headline(s.metrics) for name, s in scores.items()},
