@@ -21,8 +21,8 @@ from tasks.data.recipes import Problem
 from tasks.data.report import GenerationReport
 from tasks.data.skills import SKILLS
 from tasks.data.wording import reword
+from tasks.records import Split
 
-Split = Literal["train", "eval", "test"]
 Paraphraser = Callable[[str], "str | None"]
 # The thought before every Final Answer of a generated trace (harvested traces end alike).
 FINAL_THOUGHT = "I have the answer."

@@ -18,7 +18,8 @@ import datasets
 from agent.tools import Tool, default_tools
 from evolora.settings import DataSettings
 from tasks.data.dedup import deduplicate, normalize_question
-from tasks.data.generate import Paraphraser, Split, generate_examples
+from tasks.data.generate import Paraphraser, generate_examples
+from tasks.records import Split
 from tasks.data.report import GenerationReport, SplitsReport
 from tasks.data.skills import SKILLS
 from tasks.data.split_io import dataset_hash, load_split, save_split
