@@ -18,6 +18,7 @@ import gc
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -57,6 +58,7 @@ class EmbeddedLlamaServer:
         ctx_size: int = 2048,
         model_name: str = DEFAULT_MODEL_NAME,
         n_parallel: int = 1,
+        lora_paths: Sequence[Path] = (),
         startup_timeout_s: float = 60.0,
         verbose: bool = False,
     ) -> None:
@@ -68,6 +70,9 @@ class EmbeddedLlamaServer:
         self.ctx_size = ctx_size
         self.model_name = model_name
         self.n_parallel = n_parallel
+        # GGUF LoRA adapters, loaded at start with scale 0: request i's `lora` list sets
+        # each one's scale by its index here.
+        self.lora_paths = [Path(path) for path in lora_paths]
         self.startup_timeout_s = startup_timeout_s
         self.verbose = verbose
         self.startup_s: float | None = None
@@ -122,6 +127,10 @@ class EmbeddedLlamaServer:
         params.n_parallel = self.n_parallel
         params.cpuparams.n_threads = self.n_threads
         params.cpuparams_batch.n_threads = self.n_threads
+        if self.lora_paths:
+            params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(path), 0.0)
+                                    for path in self.lora_paths]
+            params.lora_init_without_apply = True
         params.ui = False
         params.offline = True  # never let llama.cpp reach for a hub
         # -1 silences llama.cpp's C-level logging, which would otherwise flood stderr.

@@ -5,6 +5,7 @@ and batched text generation that stops where the ReAct format says a tool must r
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,12 @@ class ModelRuntime:
         return cls(load_base_model(model_path, dtype, device), load_tokenizer(model_path),
                    model_path)
 
-    def attach(self, name: str, adapter_dir: str | Path) -> None:
-        """Load a PEFT adapter folder under `name` (replacing one of the same name)."""
+    engine_name = "transformers"
+
+    def attach(self, name: str, adapter_dir: str | Path) -> float:
+        """Load a PEFT adapter folder under `name` (replacing one of the same name).
+
+        Returns the seconds generation was blocked: the time the model lock was held."""
         from peft import PeftModel
 
         adapter_dir = Path(adapter_dir)
@@ -100,6 +105,7 @@ class ModelRuntime:
         if name == BASE_ADAPTER:
             raise AdapterError(f"{BASE_ADAPTER!r} names the bare base model; pick another name")
         with self.lock:
+            held_from = time.perf_counter()
             if name in self.adapters:
                 self.detach(name)
             if not self.adapters and not hasattr(self.model, "peft_config"):
@@ -110,6 +116,7 @@ class ModelRuntime:
             self.model.eval()
             self.adapters[name] = str(adapter_dir)
             log.info("adapter.attached", name=name, path=str(adapter_dir))
+            return time.perf_counter() - held_from
 
     def use(self, name: str) -> None:
         """Make `name` the active adapter (`base` for the bare base model)."""
@@ -137,9 +144,14 @@ class ModelRuntime:
 
     def generate(self, prompts: list[str], max_new_tokens: int = 96,
                  stop: list[str] | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0) -> list[str]:
-        """Continue each prompt (batched, left-padded); each reply is cut at its first stop."""
+                 top_p: float = 1.0, adapter: str | None = None) -> list[str]:
+        """Continue each prompt (batched, left-padded); each reply is cut at its first stop.
+
+        `adapter` makes that adapter active first (under the lock); None keeps the active one.
+        """
         with self.lock, torch.inference_mode():
+            if adapter is not None:
+                self.use(adapter)
             batch = self.tokenizer(prompts, return_tensors="pt", padding=True,
                                    add_special_tokens=False).to(self.model.device)
             kwargs = self._generation_kwargs(max_new_tokens, stop, temperature, top_p)
@@ -224,6 +236,12 @@ class ModelRuntime:
         if stop:
             kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
         return kwargs
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def close(self) -> None:
+        """Nothing to release: the weights go with the last reference."""
 
     def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
         """The model's chat template for `messages`, opened for an assistant reply."""

@@ -68,6 +68,9 @@ class ModelSettings(Section):
     threads: int | None = Field(
         None, gt=0, description="CPU threads of the embedded llama.cpp servers (the teacher, "
         "the breeding agents); None: every core.")
+    gguf: Path | None = Field(
+        None, description="The base model as GGUF, for the llama.cpp engine; None: the packaged "
+        "model's own GGUF, or the one .gguf file inside the base folder.")
 
 
 class TeacherBackend(Section):
@@ -221,6 +224,13 @@ class ServingSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     auth_enabled: bool = True
+    engine: Literal["llamacpp", "transformers"] = Field(
+        "llamacpp", description="The inference engine of serving AND the cycle's evaluations "
+        "(what is scored is what is served): llama.cpp with GGUF LoRA adapters, or "
+        "transformers+PEFT, the reference.")
+    parallel_slots: int = Field(4, ge=1, le=64, description="llama.cpp decoding slots: "
+                                "concurrent requests (and evaluation problems) batch together.")
+    slot_context: int = Field(2048, ge=256, le=131072, description="Tokens of context per slot.")
     poll_interval_s: float = Field(30.0, gt=0)
     rate_limit_per_minute: int = Field(120, gt=0)
     max_body_bytes: int = Field(1_000_000, gt=0)

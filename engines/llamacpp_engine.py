@@ -1,0 +1,269 @@
+"""The llama.cpp engine: the base GGUF plus GGUF LoRA adapters, parallel slots, blue/green.
+
+One *instance* is an embedded llama.cpp server (engines/llama_server.py) loaded with the
+base GGUF and every attached adapter at scale 0. Each request names its adapter by sending
+an explicit scale for every loaded one (1 for it, 0 for the rest: the installed llama.cpp
+applies an adapter it was not told to zero). The server decodes up to `slots` requests at
+once, batched, with its C++ threads; Python only waits on HTTP.
+
+llama.cpp loads adapter files only at start, so attaching or detaching one is blue/green:
+a new instance with the new set is loaded beside the serving one (~0.5 s for a 135M model,
+no lock held), the pointer moves under a lock held for microseconds, requests already
+running finish on the old instance, and the old instance stops when its last lease ends.
+
+Prompts go in as token ids from the base folder's Hugging Face tokenizer, so both engines
+see exactly the same tokens for the same text.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from engines.gguf_lora import ADAPTER_GGUF_NAME, convert_adapter, verify_checksum
+from engines.llama_server import EmbeddedLlamaServer
+from engines.transformers_runtime import (
+    BASE_ADAPTER,
+    AdapterError,
+    cut_at_stop,
+    load_tokenizer,
+)
+from evolora.logs import get_logger
+
+log = get_logger(__name__)
+
+REQUEST_TIMEOUT_S = 600.0
+
+
+@dataclass
+class _Instance:
+    """One loaded llama.cpp server and the adapters it holds, by lora index."""
+
+    server: EmbeddedLlamaServer
+    adapter_ids: dict[str, int]
+    client: httpx.Client
+    leases: int = 0
+    retired: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    def lora(self, adapter: str) -> list[dict[str, float]]:
+        """The request's `lora` field: an explicit scale for every loaded adapter."""
+        if adapter != BASE_ADAPTER and adapter not in self.adapter_ids:
+            raise AdapterError(f"no adapter named {adapter!r}; attached: "
+                               f"{', '.join(self.adapter_ids) or 'none'}")
+        return [{"id": index, "scale": 1.0 if name == adapter else 0.0}
+                for name, index in self.adapter_ids.items()]
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+
+class LlamaCppEngine:
+    """An `InferenceEngine` on llama.cpp; see the module docstring."""
+
+    engine_name = "llamacpp"
+
+    def __init__(self, base_gguf: Path, tokenizer_dir: str | Path, *, work_dir: Path,
+                 slots: int = 4, slot_context: int = 2048, threads: int = 2) -> None:
+        self.base_gguf = Path(base_gguf)
+        self.tokenizer = load_tokenizer(str(tokenizer_dir))
+        self.work_dir = Path(work_dir)
+        self.slots = slots
+        self.slot_context = slot_context
+        self.threads = threads
+        self._sources: dict[str, str] = {}  # adapter name -> the folder it came from
+        self._gguf: dict[str, Path] = {}  # adapter name -> its GGUF LoRA file
+        self._owned: set[Path] = set()  # GGUF files we converted (deleted on detach)
+        self._state = threading.Lock()  # guards _current and the leases
+        self._rebuild = threading.Lock()  # one instance change at a time
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="llamacpp")
+        self._closed = False
+        self._current = self._start_instance({})
+        self.instances_started = 1
+
+    # --- adapters -------------------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> Mapping[str, str]:
+        return dict(self._sources)
+
+    def attach(self, name: str, adapter_dir: str | Path) -> float:
+        """Convert (or reuse) the adapter's GGUF and move to an instance holding it.
+
+        Returns the seconds new requests were blocked: the pointer move, not the loading."""
+        if name == BASE_ADAPTER:
+            raise AdapterError(f"{BASE_ADAPTER!r} names the bare base model; pick another name")
+        adapter_dir = Path(adapter_dir)
+        gguf_path = self._adapter_gguf(name, adapter_dir)
+        with self._rebuild:
+            wanted = {**self._gguf, name: gguf_path}
+            blocked = self._switch_to(wanted)
+            self._sources[name] = str(adapter_dir)
+            self._gguf = wanted
+        log.info("adapter.attached", engine=self.engine_name, name=name, path=str(adapter_dir))
+        return blocked
+
+    def detach(self, name: str) -> None:
+        """Move to an instance without `name`; its converted file goes when unused."""
+        with self._rebuild:
+            if name not in self._gguf:
+                raise AdapterError(f"no adapter named {name!r}")
+            wanted = {key: path for key, path in self._gguf.items() if key != name}
+            self._switch_to(wanted)
+            removed = self._gguf[name]
+            self._gguf = wanted
+            del self._sources[name]
+        if removed in self._owned:
+            self._owned.discard(removed)
+            removed.unlink(missing_ok=True)
+            removed.with_name(removed.name + ".sha256").unlink(missing_ok=True)
+
+    def _adapter_gguf(self, name: str, adapter_dir: Path) -> Path:
+        """A verified GGUF beside the PEFT files (the registry ships one), else a fresh one."""
+        shipped = adapter_dir / ADAPTER_GGUF_NAME
+        if shipped.is_file() and verify_checksum(shipped):
+            return shipped
+        out = self.work_dir / f"{name}-{uuid.uuid4().hex[:8]}.gguf"
+        convert_adapter(adapter_dir, self.base_gguf, out)
+        self._owned.add(out)
+        return out
+
+    def _switch_to(self, adapters: dict[str, Path]) -> float:
+        new = self._start_instance(adapters)
+        with self._state:
+            held_from = time.perf_counter()
+            old, self._current = self._current, new
+            old.retired = True
+            idle = old.leases == 0
+            blocked = time.perf_counter() - held_from
+        self.instances_started += 1
+        if idle:
+            old.close()
+        return blocked
+
+    def _start_instance(self, adapters: dict[str, Path]) -> _Instance:
+        names = list(adapters)
+        server = EmbeddedLlamaServer(
+            self.base_gguf, n_threads=self.threads, n_parallel=self.slots,
+            ctx_size=self.slots * self.slot_context, lora_paths=[adapters[n] for n in names])
+        server.start()
+        client = httpx.Client(base_url=server.root_url, timeout=REQUEST_TIMEOUT_S,
+                              limits=httpx.Limits(max_connections=self.slots * 4))
+        return _Instance(server, {n: i for i, n in enumerate(names)}, client)
+
+    @contextmanager
+    def _lease(self) -> Iterator[_Instance]:
+        """The serving instance, kept alive until the block ends."""
+        with self._state:
+            if self._closed:
+                raise AdapterError("the llama.cpp engine is closed")
+            instance = self._current
+            instance.leases += 1
+        try:
+            yield instance
+        finally:
+            with self._state:
+                instance.leases -= 1
+                done = instance.retired and instance.leases == 0
+            if done:
+                instance.close()
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                    add_generation_prompt=True)
+        return str(prompt) + assistant_prefix
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _body(self, instance: _Instance, prompt: str, adapter: str, max_new_tokens: int,
+              stop: list[str] | None, temperature: float, top_p: float) -> dict[str, Any]:
+        return {
+            "prompt": self.tokenizer(prompt, add_special_tokens=False)["input_ids"],
+            "n_predict": max_new_tokens,
+            # llama.cpp samples greedily at temperature <= 0, as transformers does at 0.
+            "temperature": temperature,
+            "top_p": top_p,
+            "stop": list(stop or []),
+            "lora": instance.lora(adapter),
+            # ReAct rounds extend the previous prompt: reuse its cached prefix.
+            "cache_prompt": True,
+        }
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 96,
+                 stop: list[str] | None = None, temperature: float = 0.0,
+                 top_p: float = 1.0, adapter: str | None = None) -> list[str]:
+        """Continue each prompt on `adapter`; up to `slots` decode at once, batched."""
+        adapter = adapter or BASE_ADAPTER
+        with self._lease() as instance:
+            bodies = [self._body(instance, prompt, adapter, max_new_tokens, stop, temperature,
+                                 top_p) for prompt in prompts]
+
+            def one(body: dict[str, Any]) -> str:
+                response = instance.client.post("/completion", json=body)
+                _raise_for(response)
+                return str(response.json()["content"])
+
+            texts = list(self._pool.map(one, bodies))
+        return [cut_at_stop(text, stop or []) for text in texts]
+
+    def stream(self, prompt: str, *, adapter: str, max_new_tokens: int = 96,
+               stop: list[str] | None = None, temperature: float = 0.0, top_p: float = 1.0
+               ) -> Iterator[str]:
+        """Yield the reply's pieces as llama.cpp decodes them (stop strings never emitted)."""
+        with self._lease() as instance:
+            body = self._body(instance, prompt, adapter, max_new_tokens, stop, temperature,
+                              top_p)
+            body["stream"] = True
+            with instance.client.stream("POST", "/completion", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    event = json.loads(line[len("data: "):])
+                    if event.get("content"):
+                        yield str(event["content"])
+                    if event.get("stop"):
+                        break
+
+    def close(self) -> None:
+        """Stop every instance (in-flight requests on a retired one are cut)."""
+        with self._state:
+            self._closed = True
+            instance = self._current
+        instance.close()
+        self._pool.shutdown(wait=False)
+        for path in self._owned:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        self._owned.clear()
+
+    @property
+    def base_url(self) -> str:
+        """The serving instance's OpenAI base URL (for bench/ and debugging)."""
+        return self._current.server.base_url
+
+    def __repr__(self) -> str:
+        return (f"LlamaCppEngine({self.base_gguf.name}, slots={self.slots}, "
+                f"adapters={list(self._gguf)})")
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise AdapterError(f"llama.cpp answered HTTP {response.status_code}: "
+                           f"{response.text[:300]}")
