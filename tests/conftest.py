@@ -14,7 +14,7 @@ TINY_LAYERS = 2
 
 
 def build_tiny_model(out_dir: Path) -> Path:
-    """Write a 2-layer random Llama with the real SmolLM2 tokenizer to `out_dir`."""
+    """Write a 2-layer random Llama with the real SmolLM2 tokenizer to `out_dir` (HF + GGUF)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -37,6 +37,10 @@ def build_tiny_model(out_dir: Path) -> Path:
     model = LlamaForCausalLM(config)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    # The same weights as GGUF: the llama.cpp engine (the default) finds it in the folder.
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    write_tiny_gguf(out_dir)
     return out_dir
 
 
