@@ -37,7 +37,7 @@ class LocalReActChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    runtime: Any  # a ModelRuntime (or anything with chat_prompt, generate, use, lock)
+    runtime: Any  # an InferenceEngine (engines/engine.py): chat_prompt, generate(adapter=)
     adapter: str = "base"
     max_new_tokens: int = 96
     temperature: float = 0.0
@@ -88,11 +88,9 @@ class LocalReActChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         prompt = self.render_prompt(messages)
-        with self.runtime.lock:
-            self.runtime.use(self.adapter)
-            reply = self.runtime.generate([prompt], max_new_tokens=self.max_new_tokens,
-                                          stop=[STOP_SEQUENCE, *(stop or [])],
-                                          temperature=self.temperature)[0]
+        reply = self.runtime.generate([prompt], max_new_tokens=self.max_new_tokens,
+                                      stop=[STOP_SEQUENCE, *(stop or [])],
+                                      temperature=self.temperature, adapter=self.adapter)[0]
         step = parse_step(reply)
         metadata = {"raw": reply, "adapter": self.adapter}
         if step.action is not None and step.final_answer is None:

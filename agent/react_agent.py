@@ -18,7 +18,7 @@ from agent.chat_model import TOOL_INPUT_KEY, LocalReActChatModel
 from agent.loop import AgentRun, AgentStep
 from agent.react_format import SYSTEM_PROMPT
 from agent.tools import Tool, default_tools, run_tool
-from engines.transformers_runtime import ModelRuntime
+from engines.engine import InferenceEngine
 
 
 def langchain_tools(tools: dict[str, Tool]) -> list[StructuredTool]:
@@ -33,7 +33,7 @@ def langchain_tools(tools: dict[str, Tool]) -> list[StructuredTool]:
     return [make(tool) for tool in tools.values()]
 
 
-def build_react_agent(runtime: ModelRuntime, *, adapter: str = "base",
+def build_react_agent(runtime: InferenceEngine, *, adapter: str = "base",
                       tools: dict[str, Tool] | None = None, system_prompt: str = SYSTEM_PROMPT,
                       max_new_tokens: int = 96) -> Any:
     """A LangGraph agent whose model is the local model with `adapter` active."""

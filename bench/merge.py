@@ -89,7 +89,7 @@ def main() -> None:
             built[f"merge-{method}"] = build_merge(model_path, journal, specialists, method,
                                                    args.density, Path(root) / f"merge-{method}")
             merge_s[method] = round(time.perf_counter() - started, 1)
-        results = evaluate_adapters(settings.model, model_path, rows, built)
+        results = evaluate_adapters(settings, model_path, rows, built)
         scores = {name: {k.removeprefix("test_"): round(r.metrics[k], 4) for k in METRICS}
                   for name, r in results.items()}
         parents = {m.id: scores[m.id] for m in specialists}

@@ -225,7 +225,7 @@ def eval_command(
     rows = list(load_split(data.path(split)))
     candidate = adapter_dir.name if adapter_dir is not None else "base"
     try:
-        result = evaluate_adapters(settings.model, model_path, rows, {candidate: adapter_dir},
+        result = evaluate_adapters(settings, model_path, rows, {candidate: adapter_dir},
                                    split=split)[candidate]
     except (AdapterError, ValueError, OSError) as exc:
         if adapter_dir is None:

@@ -38,3 +38,5 @@ CANDIDATE_TAG = "evolora.candidate"
 STEP_TAG = "evolora.step"
 # The mutation that made a candidate.
 MUTATION_TAG = "evolora.mutation"
+# The inference engine an evaluation ran on (llamacpp or transformers).
+ENGINE_TAG = "evolora.engine"

@@ -96,12 +96,12 @@ def cycle_flow(config: str | None = None, new: bool = False,
                 with stage(key, f"evaluate {member.id} ({split})", ctx.data.rows[split],
                            "eval_problem"):
                     member = journal.keep(member.with_scores(
-                        evaluate_member(settings.model, ctx, member, split)))
+                        evaluate_member(settings, ctx, member, split)))
             return member
 
         if journal.base_test is None:
             with stage("eval/base/test"):
-                journal.update(base_test=evaluate_member(settings.model, ctx, None, "test"))
+                journal.update(base_test=evaluate_member(settings, ctx, None, "test"))
 
         population = []
         for member_id, recipe in recipes.items():

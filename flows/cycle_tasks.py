@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from evolora.models import cpu_threads, embedded_gguf_path
-from evolora.settings import EvolutionSettings, ModelSettings, Settings
+from evolora.settings import EvolutionSettings, Settings
 from evolora.vocabulary import CANDIDATE_TAG, CHAMPION, MUTATION_TAG
 from tasks.records import (
     DataSplits,
@@ -157,14 +157,14 @@ def breed_child(settings: Settings, ctx: CycleContext, child_id: str, generation
 
 
 @task(name="evaluate-member")
-def evaluate_member(model: ModelSettings, ctx: CycleContext, member: Member | None,
+def evaluate_member(settings: Settings, ctx: CycleContext, member: Member | None,
                     split: ScoredSplit) -> Scores:
     """A member's (or the base model's, for None) scores on `split`."""
     from tasks.data import load_split
     from tasks.evaluate import evaluate_adapters
 
     name = member.id if member else "base"
-    results = evaluate_adapters(model, ctx.model_path, list(load_split(ctx.data.path(split))),
+    results = evaluate_adapters(settings, ctx.model_path, list(load_split(ctx.data.path(split))),
                                 {name: member.adapter_dir if member else None}, split=split,
                                 tags=candidate_tags(ctx, member),
                                 parent_run_id=ctx.parent_run_id)

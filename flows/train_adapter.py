@@ -63,7 +63,7 @@ def evaluate_candidates(settings: Settings, model_path: str, data: DataSplits,
     from tasks.data import load_split
     from tasks.evaluate import evaluate_adapters
 
-    results = evaluate_adapters(settings.model, model_path, list(load_split(data.test_path)),
+    results = evaluate_adapters(settings, model_path, list(load_split(data.test_path)),
                                 adapters, tags={"evolora.test_set_hash": data.hashes["test"]},
                                 parent_run_id=parent_run_id)
     return {name: Scores(split="test", metrics=result.metrics, run_id=result.run_id)

@@ -37,6 +37,9 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if services.loader is not None:
                 await run_in_threadpool(services.loader.stop)
+            if services.runtime is not None:
+                # llama.cpp's servers hold ports and threads: stop them with the app.
+                await run_in_threadpool(services.runtime.close)
             log.info("serving.stopped")
 
     app = FastAPI(title="evolora", version="1", lifespan=lifespan)

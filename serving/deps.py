@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 
 from agent.memory import MemoryStore
-from engines.transformers_runtime import ModelRuntime
+from engines.engine import InferenceEngine
 from evolora.settings import Settings
 from serving.hot_loader import AdapterHotLoader
 from serving.limits import RateLimiter, retry_after_header
@@ -25,7 +25,7 @@ class Services:
     settings: Settings
     metrics: ServingMetrics
     limiter: RateLimiter
-    runtime: ModelRuntime | None = None
+    runtime: InferenceEngine | None = None  # serving.engine's
     store: Store | None = None
     memory: MemoryStore | None = None
     loader: AdapterHotLoader | None = None
@@ -50,7 +50,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_runtime(services: ServicesDep) -> ModelRuntime:
+def get_runtime(services: ServicesDep) -> InferenceEngine:
     assert services.runtime is not None
     return services.runtime
 
@@ -70,7 +70,7 @@ def get_loader(services: ServicesDep) -> AdapterHotLoader:
     return services.loader
 
 
-RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
+RuntimeDep = Annotated[InferenceEngine, Depends(get_runtime)]
 StoreDep = Annotated[Store, Depends(get_store)]
 MemoryDep = Annotated[MemoryStore, Depends(get_memory)]
 LoaderDep = Annotated[AdapterHotLoader, Depends(get_loader)]

@@ -1,4 +1,4 @@
-"""One chat completion on the local model: prompt, generation under the model lock, usage."""
+"""One chat completion on the serving engine: prompt, generation on the leased adapter, usage."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from engines.transformers_runtime import ModelRuntime
+from engines.engine import InferenceEngine
 from serving.hot_loader import AdapterHotLoader
 from serving.metrics import ServingMetrics
 from serving.schemas import ChatMessage
@@ -27,27 +27,25 @@ class Completion:
     finish_reason: str
 
 
-def chat_prompt(runtime: ModelRuntime, messages: list[ChatMessage]) -> str:
+def chat_prompt(runtime: InferenceEngine, messages: list[ChatMessage]) -> str:
     """The chat-template prompt for OpenAI-style messages."""
     chat = [{"role": _ROLE_MAP.get(m.role, m.role), "content": m.text()} for m in messages]
     return runtime.chat_prompt(chat)
 
 
-def count_tokens(runtime: ModelRuntime, text: str) -> int:
-    return len(runtime.tokenizer(text, add_special_tokens=False)["input_ids"])
+def count_tokens(runtime: InferenceEngine, text: str) -> int:
+    return runtime.count_tokens(text)
 
 
-def complete(runtime: ModelRuntime, loader: AdapterHotLoader, metrics: ServingMetrics, *,
+def complete(runtime: InferenceEngine, loader: AdapterHotLoader, metrics: ServingMetrics, *,
              model: str | None, messages: list[ChatMessage], max_new_tokens: int,
              stop: list[str], temperature: float, top_p: float) -> Completion:
     """Generate a reply on the adapter `model` names, held from start to end of generation."""
     prompt = chat_prompt(runtime, messages)
     with loader.lease(model) as adapter:
         started = time.perf_counter()
-        with runtime.lock:
-            runtime.use(adapter)
-            text = runtime.generate([prompt], max_new_tokens=max_new_tokens, stop=stop or None,
-                                    temperature=temperature, top_p=top_p)[0]
+        text = runtime.generate([prompt], max_new_tokens=max_new_tokens, stop=stop or None,
+                                temperature=temperature, top_p=top_p, adapter=adapter)[0]
         seconds = time.perf_counter() - started
     completion_tokens = count_tokens(runtime, text)
     metrics.record_generation(adapter, completion_tokens, seconds)
@@ -56,7 +54,7 @@ def complete(runtime: ModelRuntime, loader: AdapterHotLoader, metrics: ServingMe
                       finish)
 
 
-def stream_completion(runtime: ModelRuntime, loader: AdapterHotLoader, metrics: ServingMetrics,
+def stream_completion(runtime: InferenceEngine, loader: AdapterHotLoader, metrics: ServingMetrics,
                       *, adapter: str, prompt: str, max_new_tokens: int, stop: list[str],
                       temperature: float, top_p: float, done: Completion) -> Iterator[str]:
     """Yield the reply's pieces live; fills `done` (tokens, finish) when generation ends."""

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from agent.embeddings import load_embedder
 from agent.memory import MemoryStore
-from engines.transformers_runtime import ModelRuntime
+from engines.engine import open_engine
 from evolora.logs import get_logger
 from evolora.models import resolve_base_model
 from serving.deps import Services
@@ -24,7 +24,7 @@ def open_services(services: Services) -> None:
     settings = services.settings
     started = time.perf_counter()
     model_path = resolve_base_model(settings.model.base, settings.paths.models_dir)
-    services.runtime = ModelRuntime.load(model_path, settings.model.dtype)
+    services.runtime = open_engine(settings, model_path)
     services.store = Store.from_settings(settings)
     services.memory = MemoryStore(settings.memory, settings.paths.data_dir,
                                   embedder=load_embedder())
@@ -39,5 +39,6 @@ def open_services(services: Services) -> None:
         poll_interval_s=settings.serving.poll_interval_s)
     services.loader.start()
     adapter, version = services.loader.serving
-    log.info("serving.ready", model=model_path, adapter=adapter, version=version,
+    log.info("serving.ready", model=model_path, engine=services.runtime.engine_name,
+             adapter=adapter, version=version,
              seconds=round(time.perf_counter() - started, 2))

@@ -94,17 +94,11 @@ def test_unknown_tool_and_bad_argument_become_error_observations() -> None:
 
 
 class ScriptedRuntime(ScriptedModel):
-    """The scripted model with the adapter switch and lock the chat model uses."""
+    """The scripted model with the per-call adapter the chat model passes."""
 
     def __init__(self, script: dict[str, list[str]]) -> None:
         super().__init__(script)
-        import threading
-
-        self.lock = threading.RLock()
-        self.active = "base"
-
-    def use(self, name: str) -> None:
-        self.active = name
+        self.adapters_used: list[str | None] = []
 
     def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
         user = [m for m in messages if m["role"] == "user"][-1]
@@ -112,7 +106,8 @@ class ScriptedRuntime(ScriptedModel):
 
     def generate(self, prompts: list[str], max_new_tokens: int = 96,
                  stop: list[str] | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0) -> list[str]:
+                 top_p: float = 1.0, adapter: str | None = None) -> list[str]:
+        self.adapters_used.append(adapter)
         return super().generate(prompts, max_new_tokens, stop)
 
 
@@ -130,7 +125,7 @@ def test_langchain_agent_runs_real_tools_through_create_agent() -> None:
     assert run.error is None and run.final_answer == "6000"
     assert [(s.tool, s.observation.split()[0]) for s in run.steps] == [
         ("convert", "3000"), ("calculator", "6000")]
-    assert runtime.active == "champion"
+    assert runtime.adapters_used == ["champion"] * 3
     # The chat model rendered the first tool result back as an Observation line.
     assert "Observation: 3000" in runtime.prompts[1]
 

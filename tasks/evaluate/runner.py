@@ -10,13 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engines.transformers_runtime import BASE_ADAPTER, ModelRuntime
-from evolora.settings import ModelSettings
+from engines.engine import open_engine
+from engines.transformers_runtime import BASE_ADAPTER
+from evolora.settings import Settings
 from tasks.evaluate.scoring import EvalResult, evaluate_candidate
 
 
 def evaluate_adapters(
-    model: ModelSettings,
+    settings: Settings,
     model_path: str,
     rows: list[dict[str, Any]],
     adapters: Mapping[str, Path | None],
@@ -27,19 +28,23 @@ def evaluate_adapters(
 ) -> dict[str, EvalResult]:
     """Each named candidate's scores on `rows`: an adapter folder, or None for the base model.
 
-    The base model is loaded once; each adapter is attached, evaluated and detached in turn,
-    and every evaluation is an MLflow run (under `parent_run_id` when given) with `tags`.
+    The engine is `serving.engine`'s, so what is scored is what is served. The base model is
+    loaded once; all adapters are attached up front (one llama.cpp instance holds them all)
+    and evaluated in turn; every evaluation is an MLflow run (under `parent_run_id` when
+    given) with `tags`.
     """
-    runtime = ModelRuntime.load(model_path, model.dtype)
+    engine = open_engine(settings, model_path)
     results: dict[str, EvalResult] = {}
-    for name, adapter_dir in adapters.items():
-        active = BASE_ADAPTER
-        if adapter_dir is not None:
-            runtime.attach(name, adapter_dir)
-            active = name
-        results[name] = evaluate_candidate(
-            runtime, rows, candidate=name, adapter=active, split=split, tags=dict(tags or {}),
-            parent_run_id=parent_run_id, max_new_tokens=model.max_new_tokens)
-        if adapter_dir is not None:
-            runtime.detach(name)
+    try:
+        for name, adapter_dir in adapters.items():
+            if adapter_dir is not None:
+                engine.attach(name, adapter_dir)
+        for name, adapter_dir in adapters.items():
+            results[name] = evaluate_candidate(
+                engine, rows, candidate=name,
+                adapter=name if adapter_dir is not None else BASE_ADAPTER, split=split,
+                tags=dict(tags or {}), parent_run_id=parent_run_id,
+                max_new_tokens=settings.model.max_new_tokens)
+    finally:
+        engine.close()
     return results

@@ -22,11 +22,11 @@ import mlflow
 from agent.loop import AgentRun, run_agent_batch
 from agent.react_format import normalize_answer
 from agent.tools import Tool, default_tools
-from engines.transformers_runtime import ModelRuntime
+from engines.engine import AdapterView, InferenceEngine
 from evolora.logs import get_logger
 from evolora.progress import current
 from evolora.tracking import start_step_run
-from evolora.vocabulary import CANDIDATE_TAG, STEP_TAG
+from evolora.vocabulary import CANDIDATE_TAG, ENGINE_TAG, STEP_TAG
 from tasks.evaluate.metrics import metric_path
 
 log = get_logger(__name__)
@@ -102,7 +102,7 @@ def score_runs(runs: list[AgentRun], examples: list[dict[str, Any]], split: str,
 
 
 def evaluate_candidate(
-    runtime: ModelRuntime,
+    engine: InferenceEngine,
     examples: list[dict[str, Any]],
     *,
     candidate: str,
@@ -118,16 +118,14 @@ def evaluate_candidate(
     """Run the agent on `examples` with `adapter` active and log the scores to MLflow."""
     tools = tools or default_tools()
     run_tags = {CANDIDATE_TAG: candidate, STEP_TAG: "evaluate", "evolora.split": split,
-                **(tags or {})}
+                ENGINE_TAG: engine.engine_name, **(tags or {})}
     with start_step_run(f"eval-{candidate}-{split}", parent_run_id, run_tags) as run:
         started = time.perf_counter()
-        with runtime.lock:
-            runtime.use(adapter)
-            # Batches are formed over all the problems still running at each round, as
-            # always; the progress display counts problems as they finish.
-            runs = run_agent_batch(runtime, [ex["question"] for ex in examples], tools,
-                                   max_steps=max_steps, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, on_finished=current().advance)
+        # Batches are formed over all the problems still running at each round; the
+        # progress display counts problems as they finish.
+        runs = run_agent_batch(AdapterView(engine, adapter), [ex["question"] for ex in examples],
+                               tools, max_steps=max_steps, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, on_finished=current().advance)
         wall = time.perf_counter() - started
         scores, rows = score_runs(runs, examples, split)
         scores[f"{split}_eval_wall_s"] = wall
