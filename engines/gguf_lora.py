@@ -101,6 +101,14 @@ def read_adapter_config(peft_dir: Path) -> dict[str, Any]:
         raise AdapterConversionError(
             f"{peft_dir}: modules_to_save={config['modules_to_save']} trains whole modules, "
             "which a GGUF LoRA cannot carry; retrain without modules_to_save")
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    refused = [t for t in targets if any(part in t for part in _REFUSED_TARGETS[:4])]
+    if refused:
+        raise AdapterConversionError(
+            f"{peft_dir}: the adapter trains {refused} (an embedding or output layer); "
+            "llama.cpp LoRA covers the layers' projections only: retrain without it in "
+            "target_modules")
     if config.get("bias", "none") != "none":
         raise AdapterConversionError(f"{peft_dir}: bias={config['bias']!r} trains biases; "
                                      "retrain with bias='none'")
