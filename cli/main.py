@@ -34,6 +34,9 @@ app.add_typer(models_app, name="models")
 from cli.registry import registry_app  # noqa: E402
 
 app.add_typer(registry_app, name="registry")
+from cli.export import export_app  # noqa: E402
+
+app.add_typer(export_app, name="export")
 from cli.keys import keys_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")

@@ -30,7 +30,7 @@ ModelOption = Annotated[str | None, typer.Option(
     f"evolution.registry_model_name (by default {REGISTERED_MODEL_NAME}).")]
 
 
-def _client_and_name(config: str | None, model: str | None
+def registry_client(config: str | None, model: str | None
                      ) -> tuple[Settings, MlflowClient, str]:
     """The settings, an MLflow client on the config's store, and the model name."""
     from evolora.tracking import setup_mlflow
@@ -48,7 +48,7 @@ def _client_and_name(config: str | None, model: str | None
     return settings, client, name
 
 
-def _registry_error(exc: Exception) -> typer.Exit:
+def registry_error(exc: Exception) -> typer.Exit:
     """A RegistryError (or MLflow error) as exit 2 with its cause and fix."""
 
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -63,11 +63,11 @@ def registry_list(config: ConfigOption = None, model: ModelOption = None,
 
     from tasks.registry import list_versions
 
-    _, client, name = _client_and_name(config, model)
+    _, client, name = registry_client(config, model)
     try:
         rows = list_versions(client, name)
     except MlflowException as exc:
-        raise _registry_error(exc) from None
+        raise registry_error(exc) from None
     if as_json:
         print(json.dumps({"model": name, "versions": rows}, indent=2))
         return
@@ -96,11 +96,11 @@ def registry_show(
 
     from tasks.registry import RegistryError, describe_version, get_version
 
-    _, client, name = _client_and_name(config, model)
+    _, client, name = registry_client(config, model)
     try:
         described = describe_version(get_version(client, name, ref))
     except (RegistryError, MlflowException) as exc:
-        raise _registry_error(exc) from None
+        raise registry_error(exc) from None
     if as_json:
         print(json.dumps({"model": name, **described}, indent=2))
         return
@@ -136,13 +136,13 @@ def registry_promote(
 
     from tasks.registry import RegistryError, promote
 
-    settings, client, name = _client_and_name(config, model)
+    settings, client, name = registry_client(config, model)
     evo = settings.evolution
     try:
         decision = promote(client, name, version, force=force, margin=evo.promotion_margin,
                            tolerance=evo.regression_tolerance)
     except (RegistryError, MlflowException) as exc:
-        raise _registry_error(exc) from None
+        raise registry_error(exc) from None
     if as_json:
         print(json.dumps({"model": name, "version": version, **decision.to_json()}, indent=2))
     else:
@@ -163,13 +163,13 @@ def registry_rollback(config: ConfigOption = None, model: ModelOption = None,
 
     from tasks.registry import RegistryError, get_alias, rollback
 
-    _, client, name = _client_and_name(config, model)
+    _, client, name = registry_client(config, model)
     try:
         old = get_alias(client, name, CHAMPION)
         champion = rollback(client, name)
         previous = get_alias(client, name, PREVIOUS)
     except (RegistryError, MlflowException) as exc:
-        raise _registry_error(exc) from None
+        raise registry_error(exc) from None
     # Versions as strings, as MLflow's REST API writes them (the SQL store returns ints).
     result = {"model": name, "champion": str(champion.version),
               "previous": str(previous.version) if previous else None,

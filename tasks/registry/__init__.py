@@ -4,7 +4,9 @@
 
 `versions` registers a candidate and reads what a version carries (checksums, test metrics,
 genealogy), `promotion` gates a challenger and moves the `champion` / `previous` aliases,
-`listing` describes versions for the CLI. The alias and model names are in
+`listing` describes versions for the CLI, `export` writes a version as an Ollama folder
+(imported from `tasks.registry.export` only: it needs the agent's prompt and the GGUF tools,
+which the registry's other users do not). The alias and model names are in
 `evolora.vocabulary`.
 """
 

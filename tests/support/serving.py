@@ -46,8 +46,11 @@ def make_empty_db(folder: Path) -> Path:
     return path
 
 
-def save_tiny_adapter(model_dir: Path, out_dir: Path, seed: int) -> Path:
-    """A real LoRA adapter of the tiny model (random B, so each seed changes the output)."""
+def save_tiny_adapter(model_dir: Path, out_dir: Path, seed: int, **lora_options: Any) -> Path:
+    """A real LoRA adapter of the tiny model (random B, so each seed changes the output).
+
+    `lora_options` go to LoraConfig as they are (`use_dora=True`, `modules_to_save=[...]`).
+    """
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -57,7 +60,8 @@ def save_tiny_adapter(model_dir: Path, out_dir: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8,
-                                                  target_modules=["q_proj", "v_proj"]))
+                                                  target_modules=["q_proj", "v_proj"],
+                                                  **lora_options))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
