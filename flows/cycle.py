@@ -140,7 +140,7 @@ def cycle_flow(config: str | None = None, new: bool = False,
         challenger = scored(challenger, "test")
         if journal.promotion is None:
             with stage("gate"):
-                journal.update(promotion=promote_challenger(evo, ctx, challenger))
+                journal.update(promotion=promote_challenger(settings, ctx, challenger))
 
         summary = summarize(
             journal, evo, base=journal.base_test, best_initial=scored(best_initial, "test"),

@@ -192,14 +192,16 @@ def plan_generation(evo: EvolutionSettings, seed: int, generation: int,
 
 
 @task(name="promote-challenger")
-def promote_challenger(evo: EvolutionSettings, ctx: CycleContext,
+def promote_challenger(settings: Settings, ctx: CycleContext,
                        challenger: Member) -> Promotion:
     """Register the cycle's challenger and let the gate decide whether it becomes champion."""
+    from engines.engine import base_gguf_path
     from tasks.registry import Candidate, get_alias, promote_if_better, register_candidate
     from tasks.train import read_adapter_manifest
 
     if challenger.test is None:
         raise ValueError(f"challenger {challenger.id} has no test scores to be judged on")
+    evo = settings.evolution
     client = MlflowClient()
     manifest = read_adapter_manifest(challenger.adapter_dir)
     run_id = (challenger.train_run_id or manifest.get("mlflow_run_id")
@@ -210,8 +212,14 @@ def promote_challenger(evo: EvolutionSettings, ctx: CycleContext,
         "data_hashes": ctx.data.hashes, "base_model_sha256": ctx.base_sha,
         "cycle_parent_run_id": ctx.parent_run_id,
     }
+    # The llama.cpp engine serves the GGUF form: make it now, so a version it cannot run
+    # is never registered (with the transformers engine, only where a base GGUF exists).
+    base_gguf = None
+    if settings.serving.engine == "llamacpp":
+        base_gguf = base_gguf_path(ctx.model_path, settings.model.gguf)
     version = register_candidate(client, Candidate(challenger.id, challenger.adapter_dir, run_id,
-                                                   challenger.test.metrics, genealogy),
+                                                   challenger.test.metrics, genealogy,
+                                                   base_gguf=base_gguf),
                                  evo.registry_model_name)
     previous = get_alias(client, evo.registry_model_name, CHAMPION)
     decision = promote_if_better(client, evo.registry_model_name, version.version,

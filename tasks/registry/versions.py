@@ -73,6 +73,9 @@ class Candidate:
     run_id: str
     metrics: dict[str, float]
     genealogy: dict[str, Any] = field(default_factory=dict)
+    # The base model's GGUF: when set, the version also carries the adapter as GGUF LoRA
+    # (`adapter.gguf`, what the llama.cpp engine and `evolora export ollama` load).
+    base_gguf: Path | None = None
 
 
 
@@ -193,6 +196,8 @@ def register_candidate(client: MlflowClient, candidate: Candidate,
         raise ChecksumMismatch(f"adapter {adapter_dir} does not match its manifest",
                                [f"{name}: differs or missing" for name in bad],
                                "retrain or re-merge the adapter; never edit its files by hand")
+    if candidate.base_gguf is not None:
+        add_adapter_gguf(adapter_dir, candidate.base_gguf)
     checksums = files_sha256(adapter_dir)
     _ensure_run_artifact(client, candidate.run_id, adapter_dir, checksums)
 
@@ -209,6 +214,17 @@ def register_candidate(client: MlflowClient, candidate: Candidate,
     version = client.create_model_version(model_name, source=source, run_id=candidate.run_id,
                                           tags=_version_tags(candidate, checksums))
     return _wait_until_ready(client, model_name, version.version, timeout_s)
+
+
+def add_adapter_gguf(adapter_dir: Path, base_gguf: Path) -> Path:
+    """`adapter.gguf` (+ its .sha256) beside the PEFT files: kept if it verifies, else
+    converted; an adapter llama.cpp cannot run raises AdapterConversionError."""
+    from engines.gguf_lora import ADAPTER_GGUF_NAME, convert_adapter, verify_checksum
+
+    target = adapter_dir / ADAPTER_GGUF_NAME
+    if verify_checksum(target):
+        return target
+    return convert_adapter(adapter_dir, base_gguf, target)
 
 
 def _version_tags(candidate: Candidate, checksums: dict[str, str]) -> dict[str, str]:
