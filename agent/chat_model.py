@@ -22,10 +22,13 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict
 
 from agent.react_format import (
+    FINAL_THOUGHT,
     STOP_SEQUENCE,
     SYSTEM_PROMPT,
     parse_step,
     render_action,
+    render_conversation,
+    render_final,
     render_observation,
 )
 
@@ -56,29 +59,25 @@ class LocalReActChatModel(BaseChatModel):
 
     def render_prompt(self, messages: list[BaseMessage]) -> str:
         """The chat-template prompt (with the assistant's ReAct text so far) for `messages`."""
-        chat: list[dict[str, str]] = []
         system = SYSTEM_PROMPT
-        assistant_text = ""
+        turns: list[tuple[str, str]] = []
         for message in messages:
             if isinstance(message, SystemMessage):
                 system = str(message.content)
             elif isinstance(message, HumanMessage):
-                if assistant_text:
-                    chat.append({"role": "assistant", "content": assistant_text})
-                    assistant_text = ""
-                chat.append({"role": "user", "content": str(message.content)})
+                turns.append(("user", str(message.content)))
             elif isinstance(message, AIMessage) and message.tool_calls:
                 for call in message.tool_calls:
                     argument = str(call["args"].get(TOOL_INPUT_KEY, ""))
-                    assistant_text += render_action(str(message.content), call["name"],
-                                                    argument)
+                    turns.append(("assistant", render_action(str(message.content),
+                                                             call["name"], argument)))
             elif isinstance(message, ToolMessage):
-                assistant_text += render_observation(str(message.content))
+                turns.append(("assistant", render_observation(str(message.content))))
             elif isinstance(message, AIMessage):
-                # A finished earlier turn: what the user saw was the final answer.
-                assistant_text += f"Final Answer: {message.content}"
-        return self.runtime.chat_prompt([{"role": "system", "content": system}, *chat],
-                                        assistant_prefix=assistant_text)
+                # A finished earlier turn: the answer, written as the model learnt to end one.
+                turns.append(("assistant", render_final(FINAL_THOUGHT, str(message.content))))
+        chat, assistant_prefix = render_conversation(system, turns)
+        return self.runtime.chat_prompt(chat, assistant_prefix=assistant_prefix)
 
     def _generate(
         self,

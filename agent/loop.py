@@ -64,13 +64,20 @@ def run_agent_batch(
     max_new_tokens: int = 96,
     batch_size: int = 16,
     on_finished: Callable[[int], object] | None = None,
+    prompts: list[str] | None = None,
 ) -> list[AgentRun]:
     """Run the ReAct agent on every question; returns one AgentRun per question, in order.
 
     `on_finished(n)` is told after each generation call how many more runs have finished.
+    `prompts` replaces each question's opening prompt (the system prompt and the question
+    alone), for a question asked inside a longer conversation.
     """
     runs = [AgentRun(question) for question in questions]
-    prompts = [runtime.chat_prompt(build_messages(q)) for q in questions]
+    if prompts is None:
+        prompts = [runtime.chat_prompt(build_messages(q)) for q in questions]
+    elif len(prompts) != len(questions):
+        raise ValueError(f"{len(prompts)} prompts for {len(questions)} questions; give one "
+                         "prompt per question")
     for round_index in range(max_steps + 1):
         pending = [i for i, run in enumerate(runs) if not run.finished]
         if not pending:

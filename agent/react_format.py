@@ -27,9 +27,13 @@ from evolora.prompts import load_prompts
 
 # Kept short on purpose (agent/prompts.yaml): the system prompt is most of each training
 # example's tokens, and prompt length dominates CPU training cost.
-SYSTEM_PROMPT = load_prompts(Path(__file__).with_name("prompts.yaml"), ["system"])["system"]
+_PROMPTS = load_prompts(Path(__file__).with_name("prompts.yaml"), ["system", "tools_system"])
+SYSTEM_PROMPT = _PROMPTS["system"]
+TOOLS_SYSTEM_PROMPT = _PROMPTS["tools_system"]
 
 STOP_SEQUENCE = "\nObservation:"
+# The thought before every Final Answer of a generated (and a harvested) training trace.
+FINAL_THOUGHT = "I have the answer."
 
 # Markers at the start of a line; "Action Input" must be tried before "Action".
 _MARKER_RE = re.compile(
@@ -158,6 +162,38 @@ def parse_trace(text: str, tool_names: Collection[str] | None = None) -> list[Pa
             break
         position = match.end() + 1
     return steps
+
+
+def tools_system_prompt(tools: list[tuple[str, str]]) -> str:
+    """The system prompt for other tools, (name, what it takes) pairs, listed as SYSTEM_PROMPT
+    lists the built-in ones: "name (description)", or the bare name without a description."""
+    listed = []
+    for name, description in tools:
+        description = _one_line(description).rstrip(".")
+        listed.append(f"{name} ({description})" if description else name)
+    return TOOLS_SYSTEM_PROMPT.format(tools=", ".join(listed))
+
+
+def render_conversation(system: str, turns: list[tuple[str, str]]
+                        ) -> tuple[list[dict[str, str]], str]:
+    """The chat messages of a ReAct conversation and the open assistant text it ends on.
+
+    `turns` are ("user", text) and ("assistant", ReAct text) pieces in order: the assistant
+    pieces of one turn (actions, observations, a final answer) are joined into one message.
+    When the conversation ends inside an assistant turn (a tool result just came in), that
+    text is returned apart: the prompt's assistant prefix, which the model continues.
+    """
+    chat = [{"role": "system", "content": system}]
+    assistant_text = ""
+    for role, text in turns:
+        if role == "assistant":
+            assistant_text += text
+            continue
+        if assistant_text:
+            chat.append({"role": "assistant", "content": assistant_text})
+            assistant_text = ""
+        chat.append({"role": role, "content": text})
+    return chat, assistant_text
 
 
 def build_messages(question: str) -> list[dict[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evolora.vocabulary import CHAMPION
 
@@ -18,11 +18,47 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    # A JSON object as text (OpenAI's form); an object itself is accepted from lenient clients.
+    arguments: str | dict[str, Any] = ""
+
+
+class ToolCall(BaseModel):
+    """A tool call in an assistant message: ours in a reply, the caller's in a request."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")  # strict ...: accepted, unused
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(BaseModel):
+    """A tool the caller offers: OpenAI's function tool (the only type we can call)."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: dict[str, Any]
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_calls ...: accepted, unused
+    model_config = ConfigDict(extra="allow")  # name ...: accepted, unused
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -51,6 +87,20 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _distinct_tool_names(cls, tools: list[ToolSpec] | None) -> list[ToolSpec] | None:
+        # The model writes tool names in any case (the parser lowercases them): names that
+        # differ only in case could not be told apart.
+        names = [tool.function.name.lower() for tool in tools or []]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"tool names must differ (ignoring case): {', '.join(repeated)} "
+                             "appears more than once")
+        return tools
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -67,13 +117,21 @@ class Usage(BaseModel):
 
 class ChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: ChoiceMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
+
+
+class AgentStepOut(BaseModel):
+    thought: str
+    tool: str
+    argument: str
+    observation: str
 
 
 class ChatCompletion(BaseModel):
@@ -84,6 +142,11 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     evolora_adapter: str = Field(description="The adapter that generated the reply.")
+    evolora_steps: list[AgentStepOut] | None = Field(
+        None, description="The built-in tools the agent ran for this answer (no `tools` sent).")
+    evolora_error: str | None = Field(
+        None, description="Why the model's ReAct text could not be read as an answer or a "
+                          "tool call; the raw text is the content then.")
 
 
 class ModelCard(BaseModel):
@@ -104,13 +167,6 @@ class ModelList(BaseModel):
 class AgentRunRequest(BaseModel):
     question: str = Field(min_length=1, pattern=r"\S")
     session_id: str | None = Field(None, min_length=1, max_length=128)
-
-
-class AgentStepOut(BaseModel):
-    thought: str
-    tool: str
-    argument: str
-    observation: str
 
 
 class AgentRunResponse(BaseModel):

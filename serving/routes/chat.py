@@ -21,6 +21,13 @@ from serving.generation import (
     stream_completion,
 )
 from serving.hot_loader import CHAMPION_NAMES, UnknownModel
+from serving.react_chat import (
+    ADAPTER_HEADER,
+    answer_react,
+    answers_in_react,
+    check_tool_choice,
+    react_response,
+)
 from serving.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -30,9 +37,9 @@ from serving.schemas import (
     ModelList,
     Usage,
 )
+from serving.tool_calls import request_chars
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-ADAPTER_HEADER = "x-evolora-adapter"
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
@@ -40,12 +47,23 @@ ADAPTER_HEADER = "x-evolora-adapter"
 async def chat_completions(body: ChatCompletionRequest, caller: CallerDep,
                            services: ServicesDep, runtime: RuntimeDep,
                            loader: LoaderDep) -> Response:
-    """A chat completion (SSE stream with `stream: true`); header x-evolora-adapter says who."""
-    check_prompt_length(services.settings, sum(len(m.text()) for m in body.messages))
+    """A chat completion (SSE stream with `stream: true`); header x-evolora-adapter says who.
+
+    With `tools`, or for an adapter model, the model answers in its ReAct format
+    (serving/react_chat.py); `model: base` without tools is a plain completion."""
+    check_prompt_length(services.settings, request_chars(body))
+    check_tool_choice(body)
     max_new = (body.max_tokens or body.max_completion_tokens
                or services.settings.model.max_new_tokens)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
+    if answers_in_react(body):
+        try:
+            reply = await run_in_threadpool(answer_react, runtime, loader, services.metrics,
+                                            body, max_new)
+        except UnknownModel as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        return react_response(reply, body, completion_id, created)
     if body.stream:
         return _stream(body, runtime, loader, services, max_new, completion_id, created)
     try:

@@ -11,9 +11,15 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-from agent.react_format import ToolCall, build_messages, normalize_answer, render_trace
+from agent.react_format import (
+    FINAL_THOUGHT,
+    ToolCall,
+    build_messages,
+    normalize_answer,
+    render_trace,
+)
 from agent.tools import Tool, default_tools
 from tasks.data.checks import check_paraphrase, same_facts, verify_example
 from tasks.data.dedup import DuplicateIndex
@@ -24,8 +30,6 @@ from tasks.data.wording import reword
 from tasks.records import Split
 
 Paraphraser = Callable[[str], "str | None"]
-# The thought before every Final Answer of a generated trace (harvested traces end alike).
-FINAL_THOUGHT = "I have the answer."
 
 
 def generate_examples(

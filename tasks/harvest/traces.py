@@ -18,10 +18,15 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from agent.react_format import ToolCall, build_messages, normalize_answer, render_trace
+from agent.react_format import (
+    FINAL_THOUGHT,
+    ToolCall,
+    build_messages,
+    normalize_answer,
+    render_trace,
+)
 from agent.tools import Tool, default_tools, run_tool
 from tasks.data import GenerationReport, deduplicate, validate_row, verify_example
-from tasks.data.generate import FINAL_THOUGHT
 
 if TYPE_CHECKING:
     from storage.store import Store
