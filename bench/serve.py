@@ -1,10 +1,15 @@
-"""Serving benchmark: HTTP vs direct generation tokens/s, 4 clients, memory search latency.
+"""Serving benchmark: the llama.cpp engine through HTTP vs raw xllamacpp vs the old
+transformers path, 1 and 4 clients, hot-swap blocking, memory search latency.
 
-    .venv/bin/python bench/serve.py --config demo --requests 4 --max-tokens 48
+    .venv/bin/python bench/serve.py --config demo --adapter data/adapters/champ
 
-Prints ONE JSON object. The HTTP and direct numbers come from the same process and model,
-the same prompts, max_tokens and adapter (the base model: the bench's registry is empty),
-greedy, measured back to back, so `ratio` is the serving overhead.
+Prints ONE JSON object. Every tokens/s figure comes from this one process: the same GGUF,
+adapter, prompts and max_tokens, greedy, measured back to back and interleaved so a busy
+moment on the machine hits each path. `tokens_per_s_http` is one client on the llama.cpp
+service with the champion adapter active (`evolora_raw`: a plain completion, no agent);
+`tokens_per_s_llamacpp_raw` is the same base GGUF and adapter GGUF in a bare
+`xllamacpp.Server`, called in-process (no HTTP, no FastAPI); `tokens_per_s_transformers`
+is one client on a second service with `serving.engine: transformers`.
 """
 
 from __future__ import annotations
@@ -74,23 +79,43 @@ def http_tokens_per_s(url: str, prompts: list[str], max_tokens: int) -> tuple[fl
         for prompt in prompts:
             reply = http.post("/v1/chat/completions", json={
                 "model": CHAMPION, "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": max_tokens, "temperature": 0})
+                "max_tokens": max_tokens, "temperature": 0, "evolora_raw": True})
             reply.raise_for_status()
             tokens += reply.json()["usage"]["completion_tokens"]
     return tokens / (time.perf_counter() - started), tokens
 
 
-def generate_tokens_per_s(runtime, adapter: str, prompts: list[str], max_tokens: int
-                          ) -> tuple[float, int]:
+def raw_llamacpp_tokens_per_s(engine, adapter_gguf: Path | None, prompts: list[str],
+                              max_tokens: int, threads: int) -> tuple[float, int]:
+    """The same base GGUF (and adapter GGUF at scale 1) in a bare xllamacpp.Server."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(engine.base_gguf)
+    params.n_ctx = engine.slots * engine.slot_context
+    params.n_parallel = engine.slots
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.hostnames = ["127.0.0.1"]
+    params.port = 0
+    params.verbosity = -1
+    lora = []
+    if adapter_gguf is not None:
+        params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(adapter_gguf), 0.0)]
+        params.lora_init_without_apply = True
+        lora = [{"id": 0, "scale": 1.0}]
+    server = xllamacpp.Server(params)
     tokens = 0
     started = time.perf_counter()
     for prompt in prompts:
-        text = runtime.chat_prompt([{"role": "user", "content": prompt}])
-        with runtime.lock:
-            runtime.use(adapter)
-            reply = runtime.generate([text], max_new_tokens=max_tokens)[0]
-        tokens += len(runtime.tokenizer(reply, add_special_tokens=False)["input_ids"])
-    return tokens / (time.perf_counter() - started), tokens
+        text = engine.chat_prompt([{"role": "user", "content": prompt}])
+        reply = server.handle_completions({
+            "prompt": engine.tokenizer(text, add_special_tokens=False)["input_ids"],
+            "n_predict": max_tokens, "temperature": 0, "lora": lora})
+        tokens += int(reply["usage"]["completion_tokens"])
+    elapsed = time.perf_counter() - started
+    del server
+    return tokens / elapsed, tokens
 
 
 def concurrent_tokens_per_s(url: str, prompts: list[str], max_tokens: int,
@@ -131,18 +156,32 @@ def memory_search_ms(settings: Settings, memories: int, searches: int) -> dict[s
             "memory_add_many_s": round(add_s, 1), "memories": store.count("bench-user")}
 
 
+def swap_block_ms(app, settings: Settings, adapter_dir: Path, swaps: int) -> list[float]:
+    """Register the adapter again `swaps` times, moving `champion` each time; the blocking
+    each swap cost requests, in ms."""
+    loader = app.state.services.loader
+    for _ in range(swaps):
+        version = register_champion(settings, adapter_dir)
+        report = loader.check_now()
+        if report["version"] != version:
+            raise SystemExit(f"swap to v{version} failed: {report}")
+    return [round(record.blocking_s * 1000, 3) for record in loader.swaps[1:]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", "-c", default="demo")
     parser.add_argument("--requests", type=int, default=4, help="Prompts per measurement.")
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--swaps", type=int, default=3)
     parser.add_argument("--memories", type=int, default=10_000)
     parser.add_argument("--searches", type=int, default=50)
     parser.add_argument("--adapter", type=Path, help="An adapter folder to serve as champion "
                         "(default: the base model alone).")
     args = parser.parse_args()
 
+    from evolora.models import cpu_threads
     from serving.app import create_app
     from serving.local_server import running_server
 
@@ -150,31 +189,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="evolora-bench-serve-") as folder:
         settings = bench_settings(args.config, Path(folder))
         version = register_champion(settings, args.adapter) if args.adapter else None
-        app = create_app(settings)
-        with running_server(app, timeout_s=600) as url:
-            runtime = app.state.services.runtime
-            adapter = app.state.services.loader.serving[0]
-            http_tokens_per_s(url, prompts[:1], 8)  # warm-up: first-call allocations
-            # Interleaved, twice each, so a busy moment on the machine hits both paths.
-            http_runs, gen_runs = [], []
+        llama_app = create_app(settings)
+        old_settings = settings.model_copy(update={"serving": settings.serving.model_copy(
+            update={"engine": "transformers"})})
+        old_app = create_app(old_settings)
+        with running_server(llama_app, timeout_s=600) as url, \
+                running_server(old_app, timeout_s=600) as old_url:
+            engine = llama_app.state.services.runtime
+            adapter = llama_app.state.services.loader.serving[0]
+            adapter_gguf = Path(next(iter(engine._gguf.values()))) if engine._gguf else None
+            threads = cpu_threads(settings.model.threads)
+            for warm in (url, old_url):
+                http_tokens_per_s(warm, prompts[:1], 8)  # first-call allocations
+            runs: dict[str, list[tuple[float, int]]] = {"http": [], "raw": [], "old": []}
             for _ in range(2):
-                http_runs.append(http_tokens_per_s(url, prompts, args.max_tokens))
-                gen_runs.append(generate_tokens_per_s(runtime, adapter, prompts,
-                                                      args.max_tokens))
-            http_tokens = sum(t for _, t in http_runs)
-            gen_tokens = sum(t for _, t in gen_runs)
-            http_tps = statistics.mean(r for r, _ in http_runs)
-            gen_tps = statistics.mean(r for r, _ in gen_runs)
+                runs["http"].append(http_tokens_per_s(url, prompts, args.max_tokens))
+                runs["raw"].append(raw_llamacpp_tokens_per_s(
+                    engine, adapter_gguf, prompts, args.max_tokens, threads))
+                runs["old"].append(http_tokens_per_s(old_url, prompts[:2], args.max_tokens))
             multi_tps = concurrent_tokens_per_s(url, prompts, args.max_tokens, args.clients)
+            blocks = swap_block_ms(llama_app, settings, args.adapter, args.swaps) \
+                if args.adapter else []
+        tps = {name: statistics.mean(r for r, _ in found) for name, found in runs.items()}
         result = {
             "config": settings.name, "model": settings.model.base,
-            "dtype": settings.model.dtype, "requests": args.requests,
-            "max_tokens": args.max_tokens, "adapter": adapter, "registry_version": version,
-            "tokens_per_s_http": round(http_tps, 2),
-            "tokens_per_s_generate": round(gen_tps, 2),
-            "ratio": round(http_tps / gen_tps, 3),
-            "tokens_http": http_tokens, "tokens_generate": gen_tokens,
+            "engine": engine.engine_name, "slots": engine.slots, "threads": threads,
+            "requests": args.requests, "max_tokens": args.max_tokens, "adapter": adapter,
+            "registry_version": version,
+            "tokens_per_s_http": round(tps["http"], 2),
+            "tokens_per_s_llamacpp_raw": round(tps["raw"], 2),
+            "ratio_vs_llamacpp": round(tps["http"] / tps["raw"], 3),
             f"tokens_per_s_{args.clients}_clients": round(multi_tps, 2),
+            "clients_speedup": round(multi_tps / tps["http"], 2),
+            "tokens_per_s_transformers": round(tps["old"], 2),
+            "speedup_vs_transformers": round(tps["http"] / tps["old"], 2),
+            "tokens": {name: sum(t for _, t in found) for name, found in runs.items()},
+            "swap_block_ms": blocks,
+            "swap_block_ms_max": max(blocks) if blocks else None,
             **memory_search_ms(settings, args.memories, args.searches),
         }
     print(json.dumps(result))

@@ -63,8 +63,10 @@ class ReactReply:
 
 def answers_in_react(body: ChatCompletionRequest) -> bool:
     """Whether the request is answered in the ReAct format (tools sent, or an adapter model);
-    otherwise it is a plain completion."""
-    return bool(body.tools) or (body.model or "").strip() != BASE_ADAPTER
+    otherwise (`model: base`, or `evolora_raw: true`) it is a plain completion."""
+    if body.tools:
+        return True
+    return not body.evolora_raw and (body.model or "").strip() != BASE_ADAPTER
 
 
 def check_tool_choice(body: ChatCompletionRequest) -> None:

@@ -89,6 +89,8 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    evolora_raw: bool = Field(False, description="true: the adapter's plain completion of the "
+                              "chat template (no agent, live stream); ignored with tools")
 
     @field_validator("tools")
     @classmethod

@@ -344,8 +344,9 @@ def test_plain_chat_runs_the_agent_on_its_own_tools(scripted: openai.OpenAI) -> 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
          ) -> Iterator[openai.OpenAI]:
+    # The default engine, llama.cpp, on the tiny model's GGUF.
     settings = serving_settings(tmp_path_factory.mktemp("tiny-tools"), tiny_model_dir,
-                                engine="transformers", poll_interval_s=3600)
+                                poll_interval_s=3600)
     with running_server(create_app(settings)) as url:
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0)
 
@@ -372,3 +373,15 @@ def test_a_random_model_still_answers_in_a_valid_shape(tiny: openai.OpenAI) -> N
     assert isinstance(steps, list) and isinstance(plain.choices[0].message.content, str)
     if plain.model_extra["evolora_error"] is None:  # a final answer: no ReAct scaffolding
         assert "Action:" not in plain.choices[0].message.content
+
+
+@pytest.mark.server
+def test_evolora_raw_is_the_adapters_plain_completion(tiny: openai.OpenAI) -> None:
+    raw = tiny.chat.completions.create(model="champion", messages=QUESTION, max_tokens=12,
+                                       extra_body={"evolora_raw": True})
+    base = tiny.chat.completions.create(model="base", messages=QUESTION, max_tokens=12)
+    # No champion is registered, so the champion is the base model: the same plain text,
+    # and no agent ran.
+    assert raw.choices[0].message.content == base.choices[0].message.content
+    assert raw.model_extra["evolora_steps"] is None
+    assert raw.usage.completion_tokens == base.usage.completion_tokens
