@@ -140,6 +140,22 @@ def check_model(settings: Settings) -> Check:
     return Check("base model", "ok", f"{path} (not prepared by evolora; loaded as is)")
 
 
+def check_engine(settings: Settings) -> Check:
+    """The inference engine of serving and evaluation, and the GGUF llama.cpp needs."""
+    from engines.engine import EngineError, base_gguf_path
+
+    if settings.serving.engine == "transformers":
+        return Check("engine", "ok", "transformers + PEFT (the reference engine)")
+    try:
+        path = resolve_base_model(settings.model.base, settings.paths.models_dir)
+        gguf = base_gguf_path(path, settings.model.gguf)
+    except (ModelError, EngineError) as exc:
+        problem, _, fix = str(exc).partition("; ")
+        return Check("engine", "warn", f"llama.cpp: {problem}", fix)
+    return Check("engine", "ok", f"llama.cpp on {gguf.name}, "
+                 f"{settings.serving.parallel_slots} parallel slots")
+
+
 def check_mlflow(settings: Settings) -> Check:
     uri = settings.paths.resolved_tracking_uri
     if uri.startswith(("http://", "https://")) and not _port_open(uri):
@@ -223,6 +239,7 @@ def run_checks(settings: Settings) -> list[Check]:
         ("ram", check_memory),
         ("disk", lambda: check_disk(settings)),
         ("base model", lambda: check_model(settings)),
+        ("engine", lambda: check_engine(settings)),
         ("mlflow", lambda: check_mlflow(settings)),
         ("prefect", check_prefect),
         ("teacher", lambda: check_teachers(settings)),

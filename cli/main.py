@@ -198,9 +198,13 @@ def eval_command(
         "--adapter", help="An adapter name under data/adapters or a folder; default: base.",
     )] = None,
     split: Annotated[str, typer.Option("--split", help="test or eval.")] = "test",
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="llamacpp or transformers; default: the config's serving.engine.",
+    )] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate the base model or an adapter on the frozen test set, logged to MLflow."""
+    from engines.engine import EngineError
     from engines.transformers_runtime import AdapterError
     from evolora.models import ModelError, resolve_base_model
     from evolora.tracking import setup_mlflow
@@ -211,6 +215,11 @@ def eval_command(
     log_to_file(settings)
     if split not in ("test", "eval"):
         raise fail(f"unknown split {split!r}", "use --split test or --split eval")
+    if engine is not None:
+        if engine not in ("llamacpp", "transformers"):
+            raise fail(f"unknown engine {engine!r}", "use --engine llamacpp or transformers")
+        settings = settings.model_copy(update={"serving": settings.serving.model_copy(
+            update={"engine": engine})})
     adapter_dir = None
     if adapter:
         adapter_dir = Path(adapter).expanduser()
@@ -230,6 +239,9 @@ def eval_command(
     try:
         result = evaluate_adapters(settings, model_path, rows, {candidate: adapter_dir},
                                    split=split)[candidate]
+    except EngineError as exc:
+        problem, _, fix = str(exc).partition("; ")
+        raise fail(problem, fix) from None
     except (AdapterError, ValueError, OSError) as exc:
         if adapter_dir is None:
             raise

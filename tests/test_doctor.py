@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.doctor import (
+    check_engine,
     check_gpu,
     check_mlflow,
     check_model,
@@ -201,3 +202,23 @@ def test_cli_doctor_exits_1_when_a_check_fails(
         assert name in as_text.stdout
     assert "fail mlflow" in " ".join(as_text.stdout.split())
     assert "fix: check paths.tracking_uri" in " ".join(as_text.stdout.split())
+
+
+def test_engine_check_names_the_gguf_or_says_how_to_get_one(
+    tiny_settings: Settings, tiny_model_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = check_engine(tiny_settings)
+    assert check.status == "ok" and "llama.cpp on model.gguf" in check.detail
+
+    no_gguf = tmp_path / "hf-only"
+    no_gguf.mkdir()
+    (no_gguf / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    monkeypatch.setenv("EVOLORA_MODEL__BASE", str(no_gguf))
+    check = check_engine(load_settings("tiny"))
+    assert check.status == "warn" and "no GGUF for the base model" in check.detail
+    assert "model.gguf" in check.fix and "serving.engine: transformers" in check.fix
+
+    monkeypatch.setenv("EVOLORA_SERVING__ENGINE", "transformers")
+    assert check_engine(load_settings("tiny")).status == "ok"
+

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from evolora.settings import Settings
 from evolora.tracking import setup_mlflow
-from evolora.vocabulary import CANDIDATE_TAG
+from evolora.vocabulary import CANDIDATE_TAG, ENGINE_TAG
 from tasks.train.trainer import ADAPTER_MANIFEST, read_adapter_manifest, verify_adapter_files
 
 
@@ -132,7 +132,20 @@ def test_eval_cli_reports_json_and_refuses_a_missing_adapter(
     mlflow.set_tracking_uri(tiny_settings.paths.resolved_tracking_uri)
     run = MlflowClient().get_run(report["run_id"])
     assert run.data.tags[CANDIDATE_TAG] == "base"
+    assert run.data.tags[ENGINE_TAG] == "llamacpp"  # the default engine scored it
     assert run.data.metrics["test_accuracy"] == report["metrics"]["test_accuracy"]
+
+    reference = runner.invoke(app, ["eval", "--config", "tiny", "--json", "--engine",
+                                    "transformers"])
+    assert reference.exit_code == 0, reference.output
+    other = json.loads(reference.stdout)
+    assert MlflowClient().get_run(other["run_id"]).data.tags[ENGINE_TAG] == "transformers"
+    # The same model in both engines: the same scores, metric by metric.
+    same_keys = [k for k in report["metrics"] if not k.endswith("wall_s")]
+    assert {k: other["metrics"][k] for k in same_keys} == {
+        k: report["metrics"][k] for k in same_keys}
+    wrong = runner.invoke(app, ["eval", "--config", "tiny", "--engine", "vllm"])
+    assert wrong.exit_code == 2 and "unknown engine 'vllm'" in wrong.output
 
 
 def test_eval_of_a_broken_adapter_folder_is_a_clear_error(

@@ -43,8 +43,11 @@ def test_champion_swaps_under_load_and_a_tampered_version_is_refused(
                                  f"member-{i}").version) for i in range(VERSIONS)]
     client.set_registered_model_alias(REGISTERED_MODEL_NAME, CHAMPION, versions[0])
 
-    with running_server(create_app(settings)) as url:
+    app = create_app(settings)
+    with running_server(app) as url:
         assert httpx.get(f"{url}/readyz").json()["version"] == versions[0]
+        # The default engine: every swap below is a blue/green llama.cpp instance change.
+        assert app.state.services.runtime.engine_name == "llamacpp"
         results: list[tuple[int, str]] = []
         failures: list[str] = []
         stop = threading.Event()
