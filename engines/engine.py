@@ -102,13 +102,17 @@ def base_gguf_path(model_path: str | Path, configured: Path | None = None) -> Pa
                       "transformers")
 
 
-def open_engine(settings: Settings, model_path: str, *, slots: int | None = None
-                ) -> InferenceEngine:
-    """The configured engine (`serving.engine`) on the prepared base at `model_path`."""
+def open_engine(settings: Settings, model_path: str, *, slots: int | None = None,
+                adapters: Mapping[str, Path] | None = None) -> InferenceEngine:
+    """The configured engine (`serving.engine`) on the prepared base at `model_path`, with
+    `adapters` (name -> PEFT folder) attached."""
     from engines.transformers_runtime import ModelRuntime
 
     if settings.serving.engine == "transformers":
-        return ModelRuntime.load(model_path, settings.model.dtype)
+        runtime = ModelRuntime.load(model_path, settings.model.dtype)
+        for name, adapter_dir in (adapters or {}).items():
+            runtime.attach(name, adapter_dir)
+        return runtime
     from engines.llamacpp_engine import LlamaCppEngine
     from evolora.models import cpu_threads
 
@@ -117,4 +121,4 @@ def open_engine(settings: Settings, model_path: str, *, slots: int | None = None
         work_dir=settings.paths.data_dir / "engine" / "adapters",
         slots=slots or settings.serving.parallel_slots,
         slot_context=settings.serving.slot_context,
-        threads=cpu_threads(settings.model.threads))
+        threads=cpu_threads(settings.model.threads), adapters=adapters)

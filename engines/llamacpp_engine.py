@@ -75,7 +75,8 @@ class LlamaCppEngine:
     engine_name = "llamacpp"
 
     def __init__(self, base_gguf: Path, tokenizer_dir: str | Path, *, work_dir: Path,
-                 slots: int = 4, slot_context: int = 2048, threads: int = 2) -> None:
+                 slots: int = 4, slot_context: int = 2048, threads: int = 2,
+                 adapters: Mapping[str, Path] | None = None) -> None:
         self.base_gguf = Path(base_gguf)
         self.tokenizer = load_tokenizer(str(tokenizer_dir))
         self.work_dir = Path(work_dir)
@@ -89,7 +90,12 @@ class LlamaCppEngine:
         self._rebuild = threading.Lock()  # one instance change at a time
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="llamacpp")
         self._closed = False
-        self._current = self._start_instance({})
+        # Adapters known up front load with the first instance (one start, not one per
+        # adapter): evaluation knows all its candidates.
+        for name, adapter_dir in (adapters or {}).items():
+            self._gguf[name] = self._adapter_gguf(name, Path(adapter_dir))
+            self._sources[name] = str(adapter_dir)
+        self._current = self._start_instance(dict(self._gguf))
         self.instances_started = 1
 
     # --- adapters -------------------------------------------------------------------------------

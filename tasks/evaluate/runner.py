@@ -33,12 +33,10 @@ def evaluate_adapters(
     and evaluated in turn; every evaluation is an MLflow run (under `parent_run_id` when
     given) with `tags`.
     """
-    engine = open_engine(settings, model_path)
+    engine = open_engine(settings, model_path, adapters={
+        name: adapter_dir for name, adapter_dir in adapters.items() if adapter_dir is not None})
     results: dict[str, EvalResult] = {}
     try:
-        for name, adapter_dir in adapters.items():
-            if adapter_dir is not None:
-                engine.attach(name, adapter_dir)
         for name, adapter_dir in adapters.items():
             results[name] = evaluate_candidate(
                 engine, rows, candidate=name,

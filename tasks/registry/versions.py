@@ -216,6 +216,10 @@ def register_candidate(client: MlflowClient, candidate: Candidate,
     return _wait_until_ready(client, model_name, version.version, timeout_s)
 
 
+# The adapter's GGUF LoRA and its checksum file (engines/gguf_lora.py names them).
+GGUF_FILES = ("adapter.gguf", "adapter.gguf.sha256")
+
+
 def add_adapter_gguf(adapter_dir: Path, base_gguf: Path) -> Path:
     """`adapter.gguf` (+ its .sha256) beside the PEFT files: kept if it verifies, else
     converted; an adapter llama.cpp cannot run raises AdapterConversionError."""
@@ -258,6 +262,12 @@ def _ensure_run_artifact(client: MlflowClient, run_id: str, adapter_dir: Path,
     with _scratch_dir() as scratch:
         logged = Path(client.download_artifacts(run_id, ARTIFACT_PATH, str(scratch)))
         problems = compare_checksums(logged, checksums)
+    # The training run logged the PEFT files; the GGUF form made at registration joins them.
+    derived = [name for name in GGUF_FILES if f"{name}: missing" in problems]
+    if derived and len(derived) == len(problems):
+        for name in derived:
+            client.log_artifact(run_id, str(adapter_dir / name), artifact_path=ARTIFACT_PATH)
+        return
     if problems:
         raise ChecksumMismatch(
             f"run {run_id} already has an `{ARTIFACT_PATH}/` artifact with other files than "
