@@ -24,6 +24,7 @@ from cli.main import app
 from evolora.settings import Settings, load_settings
 
 EXPECTED_CHECKS = ["python", "packages", "torch device", "gpu", "ram", "disk", "base model",
+                   "engine",
                    "mlflow", "prefect", "teacher"]
 
 
