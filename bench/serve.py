@@ -39,14 +39,17 @@ PROMPTS = [
 ]
 
 
-def bench_settings(config: str, root: Path) -> Settings:
+def bench_settings(config: str, root: Path, max_tokens: int | None = None) -> Settings:
     settings = load_settings(config)
+    # The service refuses a max_tokens above model.max_new_tokens: allow what is measured.
+    max_new = max(settings.model.max_new_tokens, max_tokens or 0)
     base = resolve_base_model(settings.model.base, settings.paths.models_dir)
     serving = ServingSettings(**{**settings.serving.model_dump(), "auth_enabled": False,
                                  "host": "127.0.0.1", "rate_limit_per_minute": 1_000_000,
-                                 "poll_interval_s": 3600})
+                                 "token_limit_per_minute": 1_000_000_000,
+                                 "max_concurrent_per_key": 1024, "poll_interval_s": 3600})
     return settings.model_copy(update={
-        "model": settings.model.model_copy(update={"base": base}),
+        "model": settings.model.model_copy(update={"base": base, "max_new_tokens": max_new}),
         "paths": settings.paths.model_copy(update={"data_dir": root / "data",
                                                    "mlruns_dir": root / "mlruns",
                                                    "tracking_uri": None}),
@@ -187,7 +190,7 @@ def main() -> None:
 
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
     with tempfile.TemporaryDirectory(prefix="evolora-bench-serve-") as folder:
-        settings = bench_settings(args.config, Path(folder))
+        settings = bench_settings(args.config, Path(folder), args.max_tokens)
         version = register_champion(settings, args.adapter) if args.adapter else None
         llama_app = create_app(settings)
         old_settings = settings.model_copy(update={"serving": settings.serving.model_copy(

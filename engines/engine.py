@@ -11,12 +11,12 @@ take the adapter per call, so callers never switch a shared "active adapter" the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from engines.transformers_runtime import BASE_ADAPTER
+from engines.transformers_runtime import BASE_ADAPTER, AdapterError
 
 if TYPE_CHECKING:
     from evolora.settings import Settings
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 class EngineError(RuntimeError):
     """An engine that cannot open (no GGUF for the base, ...); the message says the fix."""
+
+
+class ContextExceeded(AdapterError):
+    """A prompt (with what a request may generate) longer than the engine's context."""
 
 
 class InferenceEngine(Protocol):
@@ -49,7 +53,8 @@ class InferenceEngine(Protocol):
 
     def stream(self, prompt: str, *, adapter: str, max_new_tokens: int = 96,
                stop: list[str] | None = None, temperature: float = 0.0, top_p: float = 1.0
-               ) -> Iterator[str]:
+               ) -> Generator[str, None, None]:
+        """The reply's pieces as generated; closing the generator early stops generation."""
         ...
 
     def attach(self, name: str, adapter_dir: str | Path) -> float:

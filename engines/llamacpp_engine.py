@@ -21,7 +21,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from engines.engine import ContextExceeded
 from engines.gguf_lora import ADAPTER_GGUF_NAME, convert_adapter, verify_checksum
 from engines.llama_server import EmbeddedLlamaServer
 from engines.transformers_runtime import (
@@ -228,8 +229,11 @@ class LlamaCppEngine:
 
     def stream(self, prompt: str, *, adapter: str, max_new_tokens: int = 96,
                stop: list[str] | None = None, temperature: float = 0.0, top_p: float = 1.0
-               ) -> Iterator[str]:
-        """Yield the reply's pieces as llama.cpp decodes them (stop strings never emitted)."""
+               ) -> Generator[str, None, None]:
+        """Yield the reply's pieces as llama.cpp decodes them (stop strings never emitted).
+
+        Closing the generator early closes the HTTP stream, and llama.cpp stops decoding
+        for it at its next token: the slot is free for the next request."""
         with self._lease() as instance:
             body = self._body(instance, prompt, adapter, max_new_tokens, stop, temperature,
                               top_p)
@@ -271,5 +275,7 @@ class LlamaCppEngine:
 
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code >= 400:
-        raise AdapterError(f"llama.cpp answered HTTP {response.status_code}: "
-                           f"{response.text[:300]}")
+        message = f"llama.cpp answered HTTP {response.status_code}: {response.text[:300]}"
+        if "exceed_context_size_error" in response.text:
+            raise ContextExceeded(message)
+        raise AdapterError(message)

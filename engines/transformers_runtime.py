@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+)
 
 from evolora.logs import get_logger
 
@@ -166,17 +171,19 @@ class ModelRuntime:
 
     def stream(self, prompt: str, *, adapter: str, max_new_tokens: int = 96,
                stop: list[str] | None = None, temperature: float = 0.0, top_p: float = 1.0
-               ) -> Iterator[str]:
+               ) -> Generator[str, None, None]:
         """Yield the reply to `prompt` piece by piece as `adapter` generates it.
 
         Generation runs in a thread holding the model lock (with `adapter` active) from the
         first token to the last; text that could be the start of a stop sequence is held
-        back until it is clear, so no stop sequence is ever emitted.
+        back until it is clear, so no stop sequence is ever emitted. Closing the generator
+        early (the reader left) stops generation at the next token and frees the lock.
         """
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
                                         skip_special_tokens=True, timeout=600)
+        cancelled = threading.Event()
         failure: list[BaseException] = []
 
         def run() -> None:
@@ -184,7 +191,7 @@ class ModelRuntime:
                 with self.lock:
                     self.use(adapter)
                     self._generate_raw(prompt, max_new_tokens, stop, temperature, top_p,
-                                       streamer)
+                                       streamer, StoppingCriteriaList([_Cancelled(cancelled)]))
             except BaseException as exc:  # surfaced to the reader below
                 failure.append(exc)
                 streamer.end()
@@ -194,29 +201,36 @@ class ModelRuntime:
         stops = stop or []
         hold = max((len(s) for s in stops), default=0)
         text, sent = "", 0
-        for piece in streamer:
-            text += piece
-            cut = cut_at_stop(text, stops)
-            if len(cut) < len(text):  # a stop sequence appeared: end here
-                text = cut
-                break
-            safe = len(text) - hold
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
-        worker.join()
+        try:
+            for piece in streamer:
+                text += piece
+                cut = cut_at_stop(text, stops)
+                if len(cut) < len(text):  # a stop sequence appeared: end here
+                    text = cut
+                    break
+                safe = len(text) - hold
+                if safe > sent:
+                    yield text[sent:safe]
+                    sent = safe
+        finally:
+            # After a stop sequence, or when the reader closed us: no token more is wanted.
+            cancelled.set()
+            worker.join()
         if failure:
             raise failure[0]
         if len(text) > sent:
             yield text[sent:]
 
     def _generate_raw(self, prompt: str, max_new_tokens: int, stop: list[str] | None,
-                      temperature: float, top_p: float, streamer: Any) -> None:
+                      temperature: float, top_p: float, streamer: Any,
+                      stopping_criteria: Any = None) -> None:
         with torch.inference_mode():
             batch = self.tokenizer([prompt], return_tensors="pt",
                                    add_special_tokens=False).to(self.model.device)
             kwargs = self._generation_kwargs(max_new_tokens, stop, temperature, top_p)
             kwargs["streamer"] = streamer
+            if stopping_criteria is not None:
+                kwargs["stopping_criteria"] = stopping_criteria
             if self.active == BASE_ADAPTER and self.adapters:
                 with self.model.disable_adapter():
                     self.model.generate(**batch, **kwargs)
@@ -248,6 +262,18 @@ class ModelRuntime:
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                     add_generation_prompt=True)
         return prompt + assistant_prefix
+
+
+class _Cancelled(StoppingCriteria):
+    """A transformers stopping criterion: true for every row once `event` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+                 ) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -220,6 +229,10 @@ class EvolutionSettings(Section):
         return self
 
 
+# An allowed Host: a name or an IPv4 / bracketed IPv6 address, with an optional port.
+_HOST_ENTRY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
+
 class ServingSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
@@ -232,10 +245,39 @@ class ServingSettings(Section):
                                 "concurrent requests (and evaluation problems) batch together.")
     slot_context: int = Field(2048, ge=256, le=131072, description="Tokens of context per slot.")
     poll_interval_s: float = Field(30.0, gt=0)
-    rate_limit_per_minute: int = Field(120, gt=0)
+    rate_limit_per_minute: int = Field(120, gt=0, description="Requests per minute per key; "
+                                       "over it, 429 with Retry-After.")
+    token_limit_per_minute: int = Field(
+        60_000, gt=0, description="Prompt + completion tokens per minute per key, charged "
+        "after each chat completion or agent run (a stream when it ends or the client leaves); "
+        "a key whose budget is spent gets 429 with Retry-After until it refills.")
+    max_concurrent_per_key: int = Field(
+        4, gt=0, le=1024, description="Chat completions and agent runs one key may have in "
+        "flight; one more is refused with 429. Released when the response ends, however it "
+        "ends (streams included).")
     max_body_bytes: int = Field(1_000_000, gt=0)
-    max_prompt_chars: int = Field(8_000, gt=0)
+    max_prompt_chars: int = Field(8_000, gt=0, description="Characters a request may put in "
+                                  "the prompt: the cheap check before rendering; over it, 400.")
+    max_prompt_tokens: int = Field(
+        1536, gt=0, description="Tokens of the rendered prompt (chat template, tools and ReAct "
+        "text applied); over it, 400. Keep it below slot_context, with room for the reply.")
+    max_messages: int = Field(64, gt=0, le=10_000, description="Messages in one chat request; "
+                              "more is refused with 400.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="With auth_enabled false: Host (and Origin) names "
+        "accepted besides 127.0.0.1, localhost and [::1] on the service's port; `name` for "
+        "the service's port, `name:port` for another (an Origin such as a local web UI).")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data.")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, hosts: list[str]) -> list[str]:
+        bad = [host for host in hosts if not _HOST_ENTRY.fullmatch(host)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: an allowed host is a name or "
+                             "address with an optional port (myhost, myhost:3000, [::1]:8000), "
+                             "without scheme or path")
+        return [host.lower() for host in hosts]
 
     @model_validator(mode="after")
     def _no_open_service_without_auth(self) -> ServingSettings:
@@ -244,6 +286,12 @@ class ServingSettings(Section):
             raise ValueError(
                 f"auth_enabled is false but host is {self.host!r}: without auth the service "
                 "binds to loopback only; set host to 127.0.0.1 or enable auth"
+            )
+        if self.engine == "llamacpp" and self.max_prompt_tokens >= self.slot_context:
+            raise ValueError(
+                f"max_prompt_tokens ({self.max_prompt_tokens}) must be below slot_context "
+                f"({self.slot_context}): a slot holds the prompt and the reply; lower "
+                "max_prompt_tokens or raise slot_context"
             )
         return self
 

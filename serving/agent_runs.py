@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
+from agent.chat_model import LocalReActChatModel
 from agent.loop import AgentRun
 from agent.memory import MAX_MEMORY_CHARS, MemoryStore
 from agent.react_agent import build_react_agent, run_react_agent
 from agent.react_format import SYSTEM_PROMPT
-from engines.transformers_runtime import ModelRuntime
+from engines.engine import InferenceEngine
 from evolora.logs import get_logger
+from serving.checks import PromptTooLong
 from serving.hot_loader import AdapterHotLoader
 from storage.store import Store
 
@@ -27,29 +29,63 @@ SUMMARY_CHARS = 600
 
 @dataclass
 class ServedRun:
-    """An agent run as the service answered it."""
+    """An agent run as the service answered it, with the tokens it cost."""
 
     run_id: str
     session_id: str
     run: AgentRun
     adapter: str
+    tokens: int
 
 
-def answer_question(runtime: ModelRuntime, loader: AdapterHotLoader, store: Store,
+@dataclass
+class _MeteredEngine:
+    """The engine, counting the tokens of every prompt and reply: what a run is charged."""
+
+    engine: InferenceEngine
+    tokens: int = 0
+
+    def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+        return self.engine.chat_prompt(messages, assistant_prefix)
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def generate(self, prompts: list[str], **kwargs: Any) -> list[str]:
+        replies = self.engine.generate(prompts, **kwargs)
+        self.tokens += sum(self.engine.count_tokens(text) for text in [*prompts, *replies])
+        return replies
+
+
+def answer_question(runtime: InferenceEngine, loader: AdapterHotLoader, store: Store,
                     memory: MemoryStore, *, user_id: str, question: str,
-                    session_id: str | None, max_new_tokens: int, max_steps: int = 4
-                    ) -> ServedRun:
-    """Run the ReAct agent for `user_id`, then store the exchange, its trace and a memory."""
-    session_id = store.open_session(user_id, session_id)
+                    session_id: str | None, max_new_tokens: int, max_prompt_tokens: int,
+                    max_steps: int = 4) -> ServedRun:
+    """Run the ReAct agent for `user_id`, then store the exchange, its trace and a memory.
+
+    Raises NotFound for a session that is not the user's, PromptTooLong when memories,
+    history and question render to more than `max_prompt_tokens`. Nothing is stored before
+    the run is done: a refused or failed request leaves no (empty) session behind.
+    """
+    # session_summary raises NotFound for an unknown session or another user's.
+    summary = store.session_summary(user_id, session_id) if session_id else None
+    recent = store.session_messages(user_id, session_id)[-RECENT_MESSAGES:] if session_id else []
+    history = history_messages(recent)
     memories = [m for m, _score in memory.search(user_id, question[:MAX_MEMORY_CHARS])]
-    summary = store.session_summary(user_id, session_id)
-    history = history_messages(store.session_messages(user_id, session_id)[-RECENT_MESSAGES:])
     system_prompt = build_system_prompt([m.text for m in memories], summary)
+    # The agent's first prompt, as its chat model renders it (the later steps add to it).
+    first = LocalReActChatModel(runtime=runtime).render_prompt(
+        [SystemMessage(system_prompt), *history, HumanMessage(question)])
+    prompt_tokens = runtime.count_tokens(first)
+    if prompt_tokens > max_prompt_tokens:
+        raise PromptTooLong(prompt_tokens, max_prompt_tokens)
+    metered = _MeteredEngine(runtime)
     with loader.lease(None) as adapter:
-        agent = build_react_agent(runtime, adapter=adapter, system_prompt=system_prompt,
-                                  max_new_tokens=max_new_tokens)
+        agent = build_react_agent(metered, adapter=adapter,  # type: ignore[arg-type]
+                                  system_prompt=system_prompt, max_new_tokens=max_new_tokens)
         run = run_react_agent(agent, question, history=history, max_steps=max_steps)
     answer = run.final_answer if run.final_answer is not None else ""
+    session_id = store.open_session(user_id, session_id)
     store.add_message(user_id, session_id, "user", question)
     store.add_message(user_id, session_id, "assistant", answer or f"(error: {run.error})")
     run_id = store.record_trace(user_id=user_id, session_id=session_id, question=question,
@@ -60,7 +96,7 @@ def answer_question(runtime: ModelRuntime, loader: AdapterHotLoader, store: Stor
     exchange = f"User: {question}" + (f"\nAssistant: {answer}" if answer else "")
     memory.add(user_id, exchange[:MAX_MEMORY_CHARS], kind="episode")
     _fold_old_messages(store, user_id, session_id)
-    return ServedRun(run_id, session_id, run, adapter)
+    return ServedRun(run_id, session_id, run, adapter, metered.tokens)
 
 
 def build_system_prompt(memories: list[str], summary: str | None) -> str:

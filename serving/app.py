@@ -10,12 +10,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 
+from engines.engine import ContextExceeded
 from evolora.logs import get_logger
 from evolora.settings import Settings
 from serving.deps import Services
-from serving.limits import BodySizeLimit, RateLimiter, error_body
+from serving.limits import BodySizeLimit, InFlightLimiter, RateLimiter, TokenBudget, error_body
 from serving.metrics import ServingMetrics
-from serving.middleware import RequestMetrics
+from serving.middleware import LoopbackHostGuard, RequestMetrics
 from serving.routes import admin, agent, chat, feedback, health, memories
 from serving.startup import open_services
 from storage.store import NotFound, StoreError
@@ -26,7 +27,10 @@ log = get_logger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """The service for `settings`; nothing heavy happens until the app starts."""
     metrics = ServingMetrics()
-    services = Services(settings, metrics, RateLimiter(settings.serving.rate_limit_per_minute))
+    serving = settings.serving
+    services = Services(settings, metrics, RateLimiter(serving.rate_limit_per_minute),
+                        TokenBudget(serving.token_limit_per_minute),
+                        InFlightLimiter(serving.max_concurrent_per_key))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,8 +52,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(StoreError, store_error)
+    app.add_exception_handler(ContextExceeded, context_exceeded)
     app.add_exception_handler(Exception, internal_error)
-    # The last added runs first: metrics see every response, the body guard's 413s too.
+    # The last added runs first: metrics see every response, the guards' 4xx too.
+    if not serving.auth_enabled:
+        app.add_middleware(LoopbackHostGuard, allowed_hosts=serving.allowed_hosts)
     app.add_middleware(BodySizeLimit, max_bytes=settings.serving.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
@@ -68,6 +75,15 @@ async def store_error(request: Request, exc: Exception) -> JSONResponse:
     """A value the store refuses (too long, wrong kind) is the caller's error: 400."""
     status = 404 if isinstance(exc, NotFound) else 400
     return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=status)
+
+
+async def context_exceeded(request: Request, exc: Exception) -> JSONResponse:
+    """A prompt that passed serving.max_prompt_tokens but not the model's own context (a
+    model trained on a shorter one, or an agent run grown over its steps): the caller's 400."""
+    message = ("the prompt does not fit the model's context; send a shorter conversation "
+               f"(or lower serving.max_prompt_tokens to the model's context): {exc}")
+    return JSONResponse(error_body(message, "invalid_request_error", "context_length_exceeded"),
+                        status_code=400)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

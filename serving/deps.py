@@ -1,7 +1,9 @@
-"""What routes depend on, as `Annotated` aliases: the services, the caller, the admin caller."""
+"""What routes depend on, as `Annotated` aliases: the services, the caller (metered for the
+routes that generate), the admin caller."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -11,7 +13,7 @@ from agent.memory import MemoryStore
 from engines.engine import InferenceEngine
 from evolora.settings import Settings
 from serving.hot_loader import AdapterHotLoader
-from serving.limits import RateLimiter, retry_after_header
+from serving.limits import InFlightLimiter, RateLimiter, TokenBudget, retry_after_header
 from serving.metrics import ServingMetrics
 from storage.store import Store
 
@@ -25,6 +27,8 @@ class Services:
     settings: Settings
     metrics: ServingMetrics
     limiter: RateLimiter
+    token_budget: TokenBudget
+    in_flight: InFlightLimiter
     runtime: InferenceEngine | None = None  # serving.engine's
     store: Store | None = None
     memory: MemoryStore | None = None
@@ -117,13 +121,33 @@ def get_admin(caller: CallerDep) -> Caller:
 AdminDep = Annotated[Caller, Depends(get_admin)]
 
 
-def check_prompt_length(settings: Settings, chars: int) -> None:
-    """400 when a prompt is longer than `serving.max_prompt_chars`."""
-    limit = settings.serving.max_prompt_chars
-    if chars > limit:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST,
-                            f"prompt of {chars} characters exceeds the limit of {limit} "
-                            "(serving.max_prompt_chars)")
+def get_metered_caller(caller: CallerDep, services: ServicesDep) -> Iterator[Caller]:
+    """The caller of a route that generates: within its token budget and concurrency cap.
+
+    The in-flight slot is held until the response has been sent, a stream included (a
+    dependency with yield exits after the response), and released however it ends."""
+    serving = services.settings.serving
+    wait_s = services.token_budget.wait_s(caller.key_id)
+    if wait_s > 0:
+        services.metrics.rate_limited.inc()
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"token budget of {serving.token_limit_per_minute} tokens per minute "
+                            "(serving.token_limit_per_minute) used up: prompt and completion "
+                            "tokens count",
+                            headers={"Retry-After": retry_after_header(wait_s)})
+    if not services.in_flight.acquire(caller.key_id):
+        services.metrics.rate_limited.inc()
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"{serving.max_concurrent_per_key} requests of this key already in "
+                            "flight, the limit (serving.max_concurrent_per_key); retry when "
+                            "one ends", headers={"Retry-After": "1"})
+    try:
+        yield caller
+    finally:
+        services.in_flight.release(caller.key_id)
+
+
+MeteredCallerDep = Annotated[Caller, Depends(get_metered_caller)]
 
 
 def json_safe(value: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 from engines.engine import InferenceEngine
@@ -38,10 +38,12 @@ def count_tokens(runtime: InferenceEngine, text: str) -> int:
 
 
 def complete(runtime: InferenceEngine, loader: AdapterHotLoader, metrics: ServingMetrics, *,
-             model: str | None, messages: list[ChatMessage], max_new_tokens: int,
+             model: str | None, prompt: str, prompt_tokens: int, max_new_tokens: int,
              stop: list[str], temperature: float, top_p: float) -> Completion:
-    """Generate a reply on the adapter `model` names, held from start to end of generation."""
-    prompt = chat_prompt(runtime, messages)
+    """Generate a reply to `prompt` on the adapter `model` names, held from start to end.
+
+    The client leaving does not stop it: the work is bounded by `max_new_tokens` (at most
+    `model.max_new_tokens`) instead."""
     with loader.lease(model) as adapter:
         started = time.perf_counter()
         text = runtime.generate([prompt], max_new_tokens=max_new_tokens, stop=stop or None,
@@ -50,22 +52,28 @@ def complete(runtime: InferenceEngine, loader: AdapterHotLoader, metrics: Servin
     completion_tokens = count_tokens(runtime, text)
     metrics.record_generation(adapter, completion_tokens, seconds)
     finish = "length" if completion_tokens >= max_new_tokens else "stop"
-    return Completion(text, adapter, count_tokens(runtime, prompt), completion_tokens, seconds,
-                      finish)
+    return Completion(text, adapter, prompt_tokens, completion_tokens, seconds, finish)
 
 
 def stream_completion(runtime: InferenceEngine, loader: AdapterHotLoader, metrics: ServingMetrics,
                       *, adapter: str, prompt: str, max_new_tokens: int, stop: list[str],
-                      temperature: float, top_p: float, done: Completion) -> Iterator[str]:
-    """Yield the reply's pieces live; fills `done` (tokens, finish) when generation ends."""
+                      temperature: float, top_p: float, done: Completion
+                      ) -> Generator[str, None, None]:
+    """Yield the reply's pieces live; fills `done` (text, tokens, finish) when generation
+    ends, or when the reader closes this generator early (the client left): the engine's
+    stream is closed then too, which stops its generation (llama.cpp frees the slot)."""
     started = time.perf_counter()
     text = ""
-    for piece in runtime.stream(prompt, adapter=adapter, max_new_tokens=max_new_tokens,
-                                stop=stop or None, temperature=temperature, top_p=top_p):
-        text += piece
-        yield piece
-    done.seconds = time.perf_counter() - started
-    done.text = text
-    done.completion_tokens = count_tokens(runtime, text)
-    done.finish_reason = "length" if done.completion_tokens >= max_new_tokens else "stop"
-    metrics.record_generation(adapter, done.completion_tokens, done.seconds)
+    pieces = runtime.stream(prompt, adapter=adapter, max_new_tokens=max_new_tokens,
+                            stop=stop or None, temperature=temperature, top_p=top_p)
+    try:
+        for piece in pieces:
+            text += piece
+            yield piece
+    finally:
+        pieces.close()
+        done.seconds = time.perf_counter() - started
+        done.text = text
+        done.completion_tokens = count_tokens(runtime, text)
+        done.finish_reason = "length" if done.completion_tokens >= max_new_tokens else "stop"
+        metrics.record_generation(adapter, done.completion_tokens, done.seconds)

@@ -6,10 +6,14 @@ at their start (`lease`) and keep it to the end, so a request in flight finishes
 adapter it started with; a retired adapter is detached once its last lease ends. A version
 that fails to download, verify or load is refused (logged, counted) and never retried by the
 poller; the current adapter keeps serving.
+
+A `v<N>` name is canonical (ASCII digits, no leading zeros: one name per version, safe in a
+header); without an admin key only versions the promotion gate approved are served.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -29,16 +33,40 @@ from evolora.logs import get_logger
 from evolora.vocabulary import CHAMPION
 from serving.metrics import ServingMetrics
 from tasks.registry import ChecksumMismatch, download_version, get_alias
+from tasks.registry.versions import version_gate
 
 log = get_logger(__name__)
 
 # Model names a request may ask for; `v<N>` names a registered version.
 CHAMPION_NAMES = ("evolora", CHAMPION)
 MAX_ON_DEMAND = 4  # attached non-champion versions kept for `v<N>` requests
+# `[0-9]`, not `\d`: `\d` also matches other scripts' digits (a fullwidth "v1" would pass).
+_VERSION_NAME = re.compile(r"v([1-9][0-9]*)")
+ACCEPTED_NAMES = ("evolora, champion, base or v<N>: a registered version, N in ASCII digits "
+                  "without leading zeros (v3, not v03)")
+# What promotion (tasks/registry/promotion.py) records on a version the gate let through.
+GATE_APPROVED = "promoted"
 
 
 class UnknownModel(LookupError):
     """A model name that is neither an alias we serve nor a usable registry version."""
+
+
+class VersionNotApproved(PermissionError):
+    """A registered version the promotion gate has not approved, asked for without admin."""
+
+
+def requested_version(model: str | None) -> str | None:
+    """The registry version a `model` name asks for; None for the champion names and base.
+
+    Raises UnknownModel for any other name, a non-canonical `v<N>` included."""
+    if model is None or model in CHAMPION_NAMES or model == BASE_ADAPTER:
+        return None
+    match = _VERSION_NAME.fullmatch(model)
+    if match is None:
+        # !a: the name goes into a log line and an error body, whatever it contains.
+        raise UnknownModel(f"unknown model {model!a}; use {ACCEPTED_NAMES}")
+    return match.group(1)
 
 
 @dataclass
@@ -77,6 +105,7 @@ class AdapterHotLoader:
         self._retired: set[str] = set()
         self._on_demand: list[str] = []  # LRU order of attached non-champion adapters
         self.refused: dict[str, str] = {}  # version -> reason
+        self._approved: set[str] = set()  # versions the gate approved (never revoked)
         self.swaps: list[SwapRecord] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,20 +131,16 @@ class AdapterHotLoader:
             self._release(name)
 
     def _resolve(self, model: str | None) -> str:
-        model = (model or CHAMPION).strip()
-        if model in CHAMPION_NAMES:
+        version = requested_version(model)
+        if version is None and model == BASE_ADAPTER:
+            with self._state:
+                self._leases[BASE_ADAPTER] += 1
+            return BASE_ADAPTER
+        if version is None:
             with self._state:
                 name = self._serving[0]
                 self._leases[name] += 1
             return name
-        if model == BASE_ADAPTER:
-            with self._state:
-                self._leases[BASE_ADAPTER] += 1
-            return BASE_ADAPTER
-        version = model[1:] if model[:1] in "vV" else ""
-        if not version.isdigit():
-            raise UnknownModel(f"unknown model {model!r}; use evolora, champion, base or v<N> "
-                               "(a registered version)")
         name = adapter_name(version)
         with self._state:
             if name in self.runtime.adapters and name not in self._retired:
@@ -145,6 +170,29 @@ class AdapterHotLoader:
             if name in self._on_demand:
                 self._on_demand.remove(name)
             self._on_demand.append(name)
+
+    def check_servable(self, model: str | None, admin: bool) -> None:
+        """Nothing if `model` may be served to this caller; else UnknownModel (a name we do not
+        serve, a version not registered) or VersionNotApproved (not gate-approved, no admin).
+
+        An admin key may load any registered version (`lease` checks that it exists)."""
+        version = requested_version(model)
+        if version is None or admin:
+            return
+        if version in self._approved or version == self._serving[1]:
+            return
+        try:
+            record = self.client.get_model_version(self.model_name, version)
+        except Exception:
+            raise UnknownModel(f"model {self.model_name!r} has no version {version}") from None
+        decision = version_gate(record).get("decision")
+        if decision != GATE_APPROVED:
+            verdict = "the gate refused it" if decision else "it was never gated"
+            raise VersionNotApproved(
+                f"version {version} is not approved by the promotion gate ({verdict}); "
+                "without an admin key only gate-approved versions, evolora, champion and base "
+                "are served")
+        self._approved.add(version)
 
     # --- registry checks ----------------------------------------------------------------------
 
@@ -281,13 +329,17 @@ class AdapterHotLoader:
                 shutil.rmtree(path, ignore_errors=True)
                 log.info("hot_loader.detached", adapter=name)
 
-    def registered_versions(self) -> list[str]:
-        """Version numbers of the registered model, oldest first (empty if unreachable)."""
+    def registered_versions(self, approved_only: bool = False) -> list[str]:
+        """Version numbers of the registered model, oldest first (empty if unreachable);
+        `approved_only`: those a caller without an admin key may ask for."""
         try:
             versions = self.client.search_model_versions(f"name = '{self.model_name}'")
         except Exception:
             return []
-        return sorted((str(v.version) for v in versions), key=int)
+        serving = self._serving[1]
+        return sorted((str(v.version) for v in versions
+                       if not approved_only or str(v.version) == serving
+                       or version_gate(v).get("decision") == GATE_APPROVED), key=int)
 
     # --- the polling thread -------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Request limits: a per-key token bucket, and an ASGI guard on request body size."""
+"""Request limits: per-key request and token buckets, per-key concurrency, and an ASGI guard
+on request body size."""
 
 from __future__ import annotations
 
@@ -31,6 +32,70 @@ class RateLimiter:
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.refill_per_s
+
+
+class TokenBudget:
+    """Per key: `per_minute` model tokens, refilled continuously, charged after the work.
+
+    A request is admitted while its key's balance is positive and charged what it used
+    (prompt + completion tokens) when it ends, so the balance may go below zero; the key
+    then waits until it refills. What one key can overspend is bounded by its requests in
+    flight (`InFlightLimiter`) times the prompt and completion limits."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = float(per_minute)
+        self.refill_per_s = per_minute / 60.0
+        self._balances: dict[str, tuple[float, float]] = {}  # key -> (balance, at)
+        self._lock = threading.Lock()
+
+    def _balance(self, key: str, now: float) -> float:
+        balance, at = self._balances.get(key, (self.capacity, now))
+        return min(self.capacity, balance + (now - at) * self.refill_per_s)
+
+    def wait_s(self, key: str) -> float:
+        """0 if the key may start a request, else the seconds until its balance is positive."""
+        now = time.monotonic()
+        with self._lock:
+            balance = self._balance(key, now)
+        if balance > 0:
+            return 0.0
+        return (1.0 - balance) / self.refill_per_s
+
+    def charge(self, key: str, tokens: int) -> None:
+        """Take `tokens` from the key's balance."""
+        now = time.monotonic()
+        with self._lock:
+            self._balances[key] = (self._balance(key, now) - tokens, now)
+
+
+class InFlightLimiter:
+    """At most `limit` requests in flight per key."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> bool:
+        """Whether the key may start one more request (then `release` it when it ends)."""
+        with self._lock:
+            count = self._counts.get(key, 0)
+            if count >= self.limit:
+                return False
+            self._counts[key] = count + 1
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            count = self._counts.get(key, 0) - 1
+            if count > 0:
+                self._counts[key] = count
+            else:
+                self._counts.pop(key, None)
+
+    def in_flight(self, key: str) -> int:
+        with self._lock:
+            return self._counts.get(key, 0)
 
 
 def retry_after_header(wait_s: float) -> str:
@@ -84,13 +149,8 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        message = (f"request body larger than the limit of {self.max_bytes} bytes "
-                   "(serving.max_body_bytes)")
-        body = json.dumps(error_body(message, "request_too_large")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, f"request body larger than the limit of {self.max_bytes} "
+                         "bytes (serving.max_body_bytes)", "request_too_large")
 
 
 class _BodyTooLarge(Exception):
@@ -110,3 +170,12 @@ def _content_length(scope: Scope) -> int | None:
 def error_body(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
     """An error both FastAPI clients (`detail`) and OpenAI clients (`error`) understand."""
     return {"detail": message, "error": {"message": message, "type": kind, "code": code or kind}}
+
+
+async def send_error(send: Send, status: int, message: str, kind: str) -> None:
+    """An `error_body` response sent straight from ASGI middleware (before any route)."""
+    body = json.dumps(error_body(message, kind)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -28,6 +28,7 @@ from agent.react_format import STOP_SEQUENCE, SYSTEM_PROMPT
 from agent.tools import default_tools
 from engines.engine import AdapterView, InferenceEngine
 from engines.transformers_runtime import BASE_ADAPTER
+from serving.generation import chat_prompt
 from serving.hot_loader import AdapterHotLoader
 from serving.metrics import ServingMetrics
 from serving.schemas import (
@@ -81,22 +82,37 @@ def check_tool_choice(body: ChatCompletionRequest) -> None:
                         "'none' to get an answer without tool calls")
 
 
-def answer_react(engine: InferenceEngine, loader: AdapterHotLoader, metrics: ServingMetrics,
-                 body: ChatCompletionRequest, max_new_tokens: int) -> ReactReply:
-    """The ReAct answer to `body`: one step on its tools, or the agent on the built-in ones."""
+def request_prompt(engine: InferenceEngine, body: ChatCompletionRequest) -> str:
+    """The prompt the request's first generation continues: the ReAct step on its tools,
+    the agent's first step, or the plain chat template; what the token limit is checked on."""
+    if not answers_in_react(body):
+        return chat_prompt(engine, body.messages)
     if body.tools:
-        return answer_with_tools(engine, loader, metrics, body, max_new_tokens)
-    return answer_with_agent(engine, loader, metrics, body, max_new_tokens)
+        chat, prefix = render_react_chat(body.messages, tools_react_system(body.tools))
+        return engine.chat_prompt(chat, assistant_prefix=prefix + _forced(body))
+    chat, prefix = render_react_chat(body.messages, SYSTEM_PROMPT)
+    return engine.chat_prompt(chat, assistant_prefix=prefix)
+
+
+def _forced(body: ChatCompletionRequest) -> str:
+    return FORCED_ANSWER if body.tool_choice == "none" else ""
+
+
+def answer_react(engine: InferenceEngine, loader: AdapterHotLoader, metrics: ServingMetrics,
+                 body: ChatCompletionRequest, max_new_tokens: int, prompt: str) -> ReactReply:
+    """The ReAct answer to `body` from its `request_prompt`: one step on its tools, or the
+    agent on the built-in ones."""
+    if body.tools:
+        return answer_with_tools(engine, loader, metrics, body, max_new_tokens, prompt)
+    return answer_with_agent(engine, loader, metrics, body, max_new_tokens, prompt)
 
 
 def answer_with_tools(engine: InferenceEngine, loader: AdapterHotLoader,
                       metrics: ServingMetrics, body: ChatCompletionRequest,
-                      max_new_tokens: int) -> ReactReply:
+                      max_new_tokens: int, prompt: str) -> ReactReply:
     """One step on the request's tools: a tool call for the caller to run, or an answer."""
     tools = body.tools or []
-    chat, prefix = render_react_chat(body.messages, tools_react_system(tools))
-    forced = FORCED_ANSWER if body.tool_choice == "none" else ""
-    prompt = engine.chat_prompt(chat, assistant_prefix=prefix + forced)
+    forced = _forced(body)
     with loader.lease(body.model) as adapter:
         started = time.perf_counter()
         text = engine.generate([prompt], max_new_tokens=max_new_tokens, stop=[STOP_SEQUENCE],
@@ -138,16 +154,14 @@ class _SamplingView:
 
 def answer_with_agent(engine: InferenceEngine, loader: AdapterHotLoader,
                       metrics: ServingMetrics, body: ChatCompletionRequest,
-                      max_new_tokens: int) -> ReactReply:
+                      max_new_tokens: int, prompt: str) -> ReactReply:
     """The agent's final answer, after running the built-in tools it asked for."""
     question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
-    chat, prefix = render_react_chat(body.messages, SYSTEM_PROMPT)
     with loader.lease(body.model) as adapter:
         view = _SamplingView(AdapterView(engine, adapter), body.temperature, body.top_p)
         started = time.perf_counter()
         run = run_agent_batch(view, [question], default_tools(), max_steps=AGENT_MAX_STEPS,
-                              max_new_tokens=max_new_tokens,
-                              prompts=[view.chat_prompt(chat, assistant_prefix=prefix)])[0]
+                              max_new_tokens=max_new_tokens, prompts=[prompt])[0]
         seconds = time.perf_counter() - started
     metrics.record_generation(adapter, view.completion_tokens, seconds)
     steps = [AgentStepOut(thought=s.thought, tool=s.tool, argument=s.argument,

@@ -105,10 +105,11 @@ class ChatCompletionRequest(BaseModel):
         return tools
 
     def stop_list(self) -> list[str]:
+        """The stop sequences, empty ones left out (serving/checks.py caps count and length)."""
         if self.stop is None:
             return []
         stops = [self.stop] if isinstance(self.stop, str) else self.stop
-        return [s for s in stops if s][:4]
+        return [s for s in stops if s]
 
 
 class Usage(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,22 @@ def test_stream_yields_the_same_text_as_generate_and_never_a_stop(
     assert "".join(pieces) == whole
     for sequence in stop or []:
         assert sequence not in "".join(pieces)
+
+
+def test_closing_a_stream_stops_its_generation(runtime: ModelRuntime) -> None:
+    prompt = runtime.chat_prompt([{"role": "user", "content": "Tell me a story."}])
+    runtime.generate([prompt], max_new_tokens=2)  # warm up: the first call is slow
+    started = time.perf_counter()
+    whole = "".join(runtime.stream(prompt, adapter=BASE_ADAPTER, max_new_tokens=300))
+    full_s = time.perf_counter() - started
+    assert runtime.count_tokens(whole) > 200  # a long reply: one worth cutting short
+    pieces = runtime.stream(prompt, adapter=BASE_ADAPTER, max_new_tokens=300)
+    next(pieces)
+    started = time.perf_counter()
+    pieces.close()  # the reader left: generation stops at its next token, the lock is free
+    assert time.perf_counter() - started < full_s / 3
+    assert runtime.lock.acquire(blocking=False)
+    runtime.lock.release()
 
 
 def test_a_vanishing_temperature_is_greedy_not_a_crash(runtime: ModelRuntime) -> None:

@@ -34,9 +34,11 @@ CLIENTS = 4
 
 def test_champion_swaps_under_load_and_a_tampered_version_is_refused(
         tmp_path: Path, tiny_model_dir: Path) -> None:
-    # One local user without auth: a limit high enough for four clients in a loop.
+    # One local user without auth: limits high enough for four clients in a loop (a
+    # client's next request may arrive before its last one is counted out).
     settings = serving_settings(tmp_path, tiny_model_dir, poll_interval_s=3600,
-                                rate_limit_per_minute=1_000_000)
+                                rate_limit_per_minute=1_000_000,
+                                token_limit_per_minute=1_000_000_000, max_concurrent_per_key=64)
     client: MlflowClient = prepare_registry(settings, make_empty_db(tmp_path))
     versions = [str(register_adapter(client, save_tiny_adapter(tiny_model_dir,
                                                            tmp_path / f"adapter-{i}", seed=i),

@@ -26,7 +26,8 @@ TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 def test_no_generated_request_causes_a_server_error(tmp_path: Path,
                                                     tiny_model_dir: Path) -> None:
     config = serving_settings(tmp_path, tiny_model_dir, poll_interval_s=3600,
-                              rate_limit_per_minute=1_000_000)
+                              rate_limit_per_minute=1_000_000,
+                              token_limit_per_minute=1_000_000_000)
     with running_server(create_app(config)) as url:
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]

@@ -220,6 +220,22 @@ def test_auth_may_be_off_on_loopback(tmp_path: Path) -> None:
     assert load_settings(path).serving.auth_enabled is False
 
 
+def test_service_limits_are_checked_against_each_other(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, {"serving": {"max_prompt_tokens": 2048, "slot_context": 2048,
+                                             "allowed_hosts": ["http://evil.example/"]}})
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    hosts = problem_for(caught.value, "serving.allowed_hosts")
+    assert "'http://evil.example/'" in hosts and "without scheme or path" in hosts
+    # The slot holds prompt and reply: a prompt limit of the whole slot leaves no reply.
+    path = write_yaml(tmp_path, {"serving": {"max_prompt_tokens": 2048, "slot_context": 2048}})
+    with pytest.raises(ConfigError, match=r"max_prompt_tokens \(2048\) must be below "
+                                          r"slot_context \(2048\)"):
+        load_settings(path)
+    path = write_yaml(tmp_path, {"serving": {"allowed_hosts": ["MyBox", "[::1]:3000"]}})
+    assert load_settings(path).serving.allowed_hosts == ["mybox", "[::1]:3000"]
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings("no-such-config")

@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from agent.memory import MAX_MEMORY_CHARS
-from serving.deps import CallerDep, MemoryDep, ServicesDep, check_prompt_length, json_safe
+from serving.checks import check_prompt_length
+from serving.deps import CallerDep, MemoryDep, ServicesDep, json_safe
 from serving.schemas import MemoryList, MemoryOut
 
 router = APIRouter(prefix="/v1/memories", tags=["memories"])
@@ -34,11 +35,13 @@ async def search_memories(caller: CallerDep, memory: MemoryDep, services: Servic
                           q: Annotated[str, Query(min_length=1)],
                           k: Annotated[int | None, Query(ge=1, le=100)] = None) -> MemoryList:
     """The caller's memories nearest in meaning to `q`, best first, with their scores."""
-    check_prompt_length(services.settings, len(q))
-    if not q.strip():
+    # Whitespace is no part of a query: cut first, or a padded one would search for blanks.
+    query = q.strip()
+    if not query:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "q must contain some text")
+    check_prompt_length(services.settings, len(query))
     # Memories are at most MAX_MEMORY_CHARS long; a longer query matches no better.
-    found = await run_in_threadpool(memory.search, caller.user_id, q[:MAX_MEMORY_CHARS], k)
+    found = await run_in_threadpool(memory.search, caller.user_id, query[:MAX_MEMORY_CHARS], k)
     return MemoryList(data=[memory_out(m, float(score)) for m, score in found])
 
 
