@@ -8,8 +8,9 @@ adapter, prompts and max_tokens, greedy, measured back to back and interleaved s
 moment on the machine hits each path. `tokens_per_s_http` is one client on the llama.cpp
 service with the champion adapter active (`evolora_raw`: a plain completion, no agent);
 `tokens_per_s_llamacpp_raw` is the same base GGUF and adapter GGUF in a bare
-`xllamacpp.Server`, called in-process (no HTTP, no FastAPI); `tokens_per_s_transformers`
-is one client on a second service with `serving.engine: transformers`.
+`xllamacpp.Server`, called directly (no HTTP, no FastAPI) in a child process;
+`tokens_per_s_transformers` is one client on a second service with `serving.engine:
+transformers`, started after the first one stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -90,35 +92,49 @@ def http_tokens_per_s(url: str, prompts: list[str], max_tokens: int) -> tuple[fl
 
 def raw_llamacpp_tokens_per_s(engine, adapter_gguf: Path | None, prompts: list[str],
                               max_tokens: int, threads: int) -> tuple[float, int]:
-    """The same base GGUF (and adapter GGUF at scale 1) in a bare xllamacpp.Server."""
+    """The same base GGUF (and adapter GGUF at scale 1) in a bare xllamacpp.Server, in a
+    child process: a second llama.cpp in this process ran at half speed beside the
+    service's, which would flatter the service."""
+    spec = {"base": str(engine.base_gguf), "adapter": str(adapter_gguf or ""),
+            "prompts": [engine.tokenizer(engine.chat_prompt([{"role": "user", "content": p}]),
+                                         add_special_tokens=False)["input_ids"]
+                        for p in prompts],
+            "max_tokens": max_tokens, "threads": threads, "slots": engine.slots,
+            "ctx": engine.slots * engine.slot_context}
+    out = subprocess.run([sys.executable, __file__, "--raw-spec", json.dumps(spec)],
+                         check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["tokens_per_s"], result["tokens"]
+
+
+def run_raw(spec: dict) -> None:
+    """The child's side: load, then time the prompts one by one (prints one JSON line)."""
     import xllamacpp
 
     params = xllamacpp.CommonParams()
-    params.model.path = str(engine.base_gguf)
-    params.n_ctx = engine.slots * engine.slot_context
-    params.n_parallel = engine.slots
-    params.cpuparams.n_threads = threads
-    params.cpuparams_batch.n_threads = threads
+    params.model.path = spec["base"]
+    params.n_ctx = spec["ctx"]
+    params.n_parallel = spec["slots"]
+    params.cpuparams.n_threads = spec["threads"]
+    params.cpuparams_batch.n_threads = spec["threads"]
     params.hostnames = ["127.0.0.1"]
     params.port = 0
     params.verbosity = -1
     lora = []
-    if adapter_gguf is not None:
-        params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(adapter_gguf), 0.0)]
+    if spec["adapter"]:
+        params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(spec["adapter"], 0.0)]
         params.lora_init_without_apply = True
         lora = [{"id": 0, "scale": 1.0}]
     server = xllamacpp.Server(params)
+    server.handle_completions({"prompt": spec["prompts"][0], "n_predict": 8, "lora": lora})
     tokens = 0
     started = time.perf_counter()
-    for prompt in prompts:
-        text = engine.chat_prompt([{"role": "user", "content": prompt}])
-        reply = server.handle_completions({
-            "prompt": engine.tokenizer(text, add_special_tokens=False)["input_ids"],
-            "n_predict": max_tokens, "temperature": 0, "lora": lora})
+    for prompt in spec["prompts"]:
+        reply = server.handle_completions({"prompt": prompt, "n_predict": spec["max_tokens"],
+                                           "temperature": 0, "lora": lora})
         tokens += int(reply["usage"]["completion_tokens"])
-    elapsed = time.perf_counter() - started
-    del server
-    return tokens / elapsed, tokens
+    print(json.dumps({"tokens": tokens,
+                      "tokens_per_s": tokens / (time.perf_counter() - started)}))
 
 
 def concurrent_tokens_per_s(url: str, prompts: list[str], max_tokens: int,
@@ -172,6 +188,9 @@ def swap_block_ms(app, settings: Settings, adapter_dir: Path, swaps: int) -> lis
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--raw-spec":
+        run_raw(json.loads(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", "-c", default="demo")
     parser.add_argument("--requests", type=int, default=4, help="Prompts per measurement.")
@@ -193,26 +212,28 @@ def main() -> None:
         settings = bench_settings(args.config, Path(folder), args.max_tokens)
         version = register_champion(settings, args.adapter) if args.adapter else None
         llama_app = create_app(settings)
-        old_settings = settings.model_copy(update={"serving": settings.serving.model_copy(
-            update={"engine": "transformers"})})
-        old_app = create_app(old_settings)
-        with running_server(llama_app, timeout_s=600) as url, \
-                running_server(old_app, timeout_s=600) as old_url:
+        runs: dict[str, list[tuple[float, int]]] = {"http": [], "raw": [], "old": []}
+        # One service at a time: an idle second service (torch's threads, its model) must
+        # not share the two cores with the one being measured.
+        with running_server(llama_app, timeout_s=600) as url:
             engine = llama_app.state.services.runtime
             adapter = llama_app.state.services.loader.serving[0]
             adapter_gguf = Path(next(iter(engine._gguf.values()))) if engine._gguf else None
             threads = cpu_threads(settings.model.threads)
-            for warm in (url, old_url):
-                http_tokens_per_s(warm, prompts[:1], 8)  # first-call allocations
-            runs: dict[str, list[tuple[float, int]]] = {"http": [], "raw": [], "old": []}
+            http_tokens_per_s(url, prompts[:1], 8)  # first-call allocations
+            # Interleaved, twice each, so a busy moment on the machine hits both paths.
             for _ in range(2):
                 runs["http"].append(http_tokens_per_s(url, prompts, args.max_tokens))
                 runs["raw"].append(raw_llamacpp_tokens_per_s(
                     engine, adapter_gguf, prompts, args.max_tokens, threads))
-                runs["old"].append(http_tokens_per_s(old_url, prompts[:2], args.max_tokens))
             multi_tps = concurrent_tokens_per_s(url, prompts, args.max_tokens, args.clients)
             blocks = swap_block_ms(llama_app, settings, args.adapter, args.swaps) \
                 if args.adapter else []
+        old_settings = settings.model_copy(update={"serving": settings.serving.model_copy(
+            update={"engine": "transformers"})})
+        with running_server(create_app(old_settings), timeout_s=600) as old_url:
+            http_tokens_per_s(old_url, prompts[:1], 8)
+            runs["old"].append(http_tokens_per_s(old_url, prompts[:2], args.max_tokens))
         tps = {name: statistics.mean(r for r, _ in found) for name, found in runs.items()}
         result = {
             "config": settings.name, "model": settings.model.base,

@@ -91,6 +91,36 @@ def models_prepare(
           f"  source  sha256 {prepared.source_sha256}")
 
 
+@models_app.command("gguf")
+def models_gguf(
+    config: ConfigOption = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32 (exact) or float16.")
+                     ] = "float32",
+    as_json: JsonOption = False,
+) -> None:
+    """Write the prepared base back as a full-precision GGUF, for llama.cpp parity."""
+    from engines.engine import EngineError, base_gguf_path
+    from engines.gguf_base import export_base_gguf
+    from engines.gguf_lora import AdapterConversionError
+    from evolora.models import ModelError, resolve_base_model
+
+    settings = settings_or_exit(config)
+    try:
+        model_dir = Path(resolve_base_model(settings.model.base, settings.paths.models_dir))
+        source = base_gguf_path(model_dir)  # the GGUF it was prepared from: the tokenizer
+        out = export_base_gguf(model_dir, source, model_dir / f"model-{dtype}.gguf", dtype)
+    except (ModelError, EngineError, AdapterConversionError) as exc:
+        problem, _, fix = str(exc).partition("; ")
+        raise fail(problem, fix) from None
+    report = {"path": str(out), "bytes": out.stat().st_size, "dtype": dtype,
+              "tokenizer_from": str(source)}
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.0f} MB, {dtype})\n"
+          f"  serve and evaluate on it: set model.gguf: {out}")
+
+
 @models_app.command("list")
 def models_list(
     config: ConfigOption = None,

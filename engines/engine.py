@@ -87,7 +87,8 @@ class AdapterView:
 
 def base_gguf_path(model_path: str | Path, configured: Path | None = None) -> Path:
     """The GGUF of a prepared base: `model.gguf` when set, else the packaged GGUF the folder
-    was prepared from (its manifest), else the one `.gguf` file inside the folder."""
+    was prepared from (its manifest), else `model.gguf` or the one `.gguf` file inside the
+    folder."""
     from evolora.models import read_manifest
 
     if configured is not None:
@@ -99,6 +100,8 @@ def base_gguf_path(model_path: str | Path, configured: Path | None = None) -> Pa
     manifest = read_manifest(folder) if folder.is_dir() else None
     if manifest is not None and Path(manifest["source"]["path"]).is_file():
         return Path(manifest["source"]["path"])
+    if (folder / "model.gguf").is_file():
+        return folder / "model.gguf"
     found = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
     if len(found) == 1:
         return found[0]

@@ -228,3 +228,42 @@ def test_adapter_view_is_what_the_react_loop_runs(engines) -> None:
     expected = run_agent_batch(AdapterView(reference, "all"), QUESTIONS[:2], default_tools(),
                                max_steps=1, max_new_tokens=12)
     assert [r.transcript for r in runs] == [r.transcript for r in expected]
+
+
+def test_models_gguf_writes_the_trained_base_for_exact_parity(
+        tiny_settings: Settings, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    monkeypatch.setenv("EVOLORA_MODEL__BASE", str(base))
+    result = CliRunner().invoke(app, ["models", "gguf", "-c", "tiny", "--dtype", "float16",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    written = Path(report["path"])
+    assert written == base / "model-float16.gguf" and report["dtype"] == "float16"
+    assert Path(report["tokenizer_from"]) == base / "model.gguf"
+    assert [p.name for p in base.glob(".model-*")] == []  # no temporary file left
+    from gguf import GGUFReader
+
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(written)).tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
+    # The engine runs it; the folder's own model.gguf stays the default.
+    assert base_gguf_path(base) == base / "model.gguf"
+    engine = LlamaCppEngine(written, base, work_dir=tmp_path / "work", slots=1)
+    try:
+        assert isinstance(engine.generate(["hello"], max_new_tokens=4)[0], str)
+    finally:
+        engine.close()
+
+    (base / "config.json").write_text(json.dumps(
+        {**json.loads((base / "config.json").read_text()), "model_type": "gemma3"}))
+    refused = CliRunner().invoke(app, ["models", "gguf", "-c", "tiny"])
+    assert refused.exit_code == 2 and "only Llama-architecture" in refused.output
+
