@@ -207,6 +207,9 @@ class EvolutionSettings(Section):
         0.5, gt=0, le=1, description="ties: the fraction of each change's largest values kept.")
     # Two at least: training warms up from a learning rate of 0, so one step changes nothing.
     finetune_steps: int = Field(5, ge=2, description="Steps of a continued-training mutation.")
+    warm_start: bool = Field(True, description="Start each cycle's generalist from the "
+                             "registry's champion (trained on the same base), so nights "
+                             "build on each other; false: every cycle starts from the base.")
     use_agents: bool = Field(True, description="AutoGen agents plan each generation; false: "
                              "the genetic-algorithm policy alone.")
     registry_model_name: str = Field(REGISTERED_MODEL_NAME, min_length=1)

@@ -38,6 +38,7 @@ from flows.cycle_tasks import (
     plan_generation,
     promote_challenger,
     train_member,
+    warm_start_member,
 )
 from tasks.records import (
     CycleSummary,
@@ -99,6 +100,10 @@ def cycle_flow(config: str | None = None, new: bool = False,
                         evaluate_member(settings, ctx, member, split)))
             return member
 
+        if not journal.warm_start_checked:  # decided once: a resumed cycle keeps its start
+            journal.update(warm_start=warm_start_member(settings, ctx), warm_start_checked=True)
+        recipes = continue_champion(recipes, journal.warm_start)
+
         if journal.base_test is None:
             with stage("eval/base/test"):
                 journal.update(base_test=evaluate_member(settings, ctx, None, "test"))
@@ -107,7 +112,9 @@ def cycle_flow(config: str | None = None, new: bool = False,
         for member_id, recipe in recipes.items():
             if member_id not in journal.members:
                 with stage(f"train/{member_id}"):
-                    start = journal.members[recipe.init_from] if recipe.init_from else None
+                    start = None
+                    if recipe.init_from:
+                        start = journal.members.get(recipe.init_from) or journal.warm_start
                     journal.keep(train_member(settings, ctx, member_id, recipe, start))
             population.append(scored(journal.members[member_id], "eval"))
         best_initial = max(population, key=lambda m: m.fitness)
@@ -276,6 +283,17 @@ def specialist_merge_report(journal: CycleJournal, with_test: Callable[[Member],
         beats_each_parent=all(child.test.accuracy > a for a in parents.values()))
 
 
+def continue_champion(recipes: dict[str, InitialRecipe], champion: Member | None
+                      ) -> dict[str, InitialRecipe]:
+    """The population's recipes with the generalist continuing `champion` (warm start):
+    the specialists continue the generalist as before, so the whole night builds on it."""
+    if champion is None:
+        return recipes
+    return {member_id: recipe.model_copy(update={"init_from": champion.id})
+            if recipe.role == "generalist" and recipe.init_from is None else recipe
+            for member_id, recipe in recipes.items()}
+
+
 def summarize(journal: CycleJournal, evo: EvolutionSettings, *, base: Scores,
               best_initial: Member, generations: list[GenerationResult], challenger: Member,
               challenger_reason: str, specialist_merge: SpecialistMergeReport | None,
@@ -300,6 +318,7 @@ def summarize(journal: CycleJournal, evo: EvolutionSettings, *, base: Scores,
         promoted=promotion.promoted, registry_version=promotion.version,
         gate_reasons=promotion.reasons,
         specialist_merge=specialist_merge,
+        started_from=journal.warm_start.id if journal.warm_start else None,
         resumed=resumed,
         wall_s=round(journal.worked_s, 1), wall_s_this_run=round(wall_s_this_run, 1),
         evolution_gain=challenger.test.accuracy - best_initial.test.accuracy,

@@ -52,6 +52,9 @@ class CycleJournal(BaseModel):
     base_test: Scores | None = None
     # Trained and bred members by id, in the order they were made, with their scores.
     members: dict[str, Member] = Field(default_factory=dict)
+    # The registry champion the generalist continues (warm start), decided once per cycle.
+    warm_start: Member | None = None
+    warm_start_checked: bool = False
     plans: dict[int, GenerationPlan] = Field(default_factory=dict)
     promotion: Promotion | None = None
     summary: CycleSummary | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from prefect import task
 
+from evolora.logs import get_logger
 from evolora.models import cpu_threads, embedded_gguf_path
 from evolora.settings import EvolutionSettings, Settings
 from evolora.vocabulary import CANDIDATE_TAG, CHAMPION, MUTATION_TAG
@@ -32,6 +33,8 @@ from tasks.records import (
     ScoredSplit,
     Scores,
 )
+
+log = get_logger(__name__)
 
 
 class CycleContext(Record):
@@ -73,6 +76,40 @@ def mix_in_serving_traces(settings: Settings, data: DataSplits, since: float | N
     from tasks.harvest import harvest_into_training
 
     return harvest_into_training(settings, data, since=since, parent_run_id=parent_run_id)
+
+
+@task(name="warm-start")
+def warm_start_member(settings: Settings, ctx: CycleContext) -> Member | None:
+    """The registry's champion, downloaded and verified, as the start of this cycle's
+    generalist; None (a cold start from the base) without a champion, with warm starts
+    off, or when the champion was trained on another base model."""
+    from tasks.evolve import adapter_rank
+    from tasks.registry import download_version, get_alias
+    from tasks.registry.versions import version_genealogy
+
+    evo = settings.evolution
+    if not evo.warm_start:
+        return None
+    client = MlflowClient()
+    champion = get_alias(client, evo.registry_model_name, CHAMPION)
+    if champion is None:
+        return None
+    trained_on = version_genealogy(champion).get("base_model_sha256")
+    if trained_on not in (None, ctx.base_sha):
+        log.warning("cycle.warm_start.skipped", version=str(champion.version),
+                    reason="the champion was trained on another base model")
+        return None
+    member_id = f"champion-v{champion.version}"
+    dest = ctx.adapters_dir / member_id
+    if not dest.is_dir():
+        download_version(client, evo.registry_model_name, str(champion.version), dest)
+    config = json.loads((dest / "adapter_config.json").read_text())
+    log.info("cycle.warm_start", version=str(champion.version), path=str(dest))
+    # Inherited, not trained here: a generalist recipe of 0 steps over every skill.
+    recipe = InitialRecipe(role="generalist", skills=list(settings.data.skills),
+                           seed=settings.train.seed, steps=0)
+    return Member(id=member_id, adapter_dir=dest, rank=adapter_rank(config), generation=0,
+                  recipe=recipe)
 
 
 @task(name="train-member", retries=1, retry_delay_seconds=5)

@@ -291,6 +291,8 @@ class CycleSummary(Record):
     registry_version: str
     gate_reasons: list[str]
     specialist_merge: SpecialistMergeReport | None = None
+    # The champion this cycle's generalist continued ("champion-v3"), None for a cold start.
+    started_from: str | None = None
     resumed: bool
     # All runs of this cycle (a resumed one included); this run's alone beside it.
     wall_s: float

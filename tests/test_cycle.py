@@ -25,6 +25,8 @@ from evolora.settings import Settings
 from evolora.tracking import setup_mlflow
 from flows.cycle_journal import STATE_FILE, CycleJournal
 from tasks.records import CycleSummary, InitialRecipe, Member, Scores
+from tasks.registry.versions import compare_checksums, version_checksums
+from tests.support.adapters import adapter_distance
 
 SUMMARY_KEYS = {"base", "best_initial", "generations", "champion", "promoted", "wall_s"}
 
@@ -100,6 +102,27 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
     shown = CliRunner().invoke(app, ["registry", "show", "champion", "-c", "tiny", "--json"])
     assert shown.exit_code == 0, shown.output
     assert summary.challenger_id in shown.stdout
+    # The version carries its GGUF LoRA for the llama.cpp engine, under its checksums.
+    assert "evolora.sha256.adapter.gguf" in tags and summary.started_from is None
+
+    # The next night starts from the champion: its generalist continues v1's adapter,
+    # downloaded and verified, and the specialists continue that generalist.
+    night2 = tmp_path / "night2.json"
+    again = CliRunner().invoke(app, ["cycle", "-c", "tiny", "--new", "--summary", str(night2)])
+    assert again.exit_code == 0, again.output
+    second = CycleSummary.model_validate_json(night2.read_text())
+    start = f"champion-v{summary.registry_version}"
+    assert second.started_from == start
+    journal2 = CycleJournal.load(max((cycle_env.paths.data_dir / "cycles").iterdir()))
+    assert journal2 is not None and journal2.cycle_id != journal.cycle_id
+    assert journal2.warm_start is not None and journal2.warm_start.id == start
+    assert compare_checksums(journal2.warm_start.adapter_dir, version_checksums(champion)) == []
+    generalist = journal2.members["g0-m0"]
+    assert isinstance(generalist.recipe, InitialRecipe)
+    assert generalist.recipe.init_from == start
+    assert journal2.members["g0-m1"].recipe.init_from == "g0-m0"
+    # Trained further, not copied: the generalist's weights moved away from v1's.
+    assert adapter_distance(generalist.adapter_dir, journal2.warm_start.adapter_dir) > 0
 
 
 @pytest.mark.server
@@ -258,3 +281,21 @@ def test_an_unfinished_journal_of_the_old_format_is_not_resumed(tmp_path: Path) 
         "steps": {"data": {"harvest": {"watermark": 5.0}}}}))
     journal = CycleJournal.open(tmp_path)
     assert journal.cycle_id != old.name and journal.members == {}
+
+
+def test_a_champion_starts_the_generalist_and_nothing_else(tmp_path: Path) -> None:
+    from flows.cycle import continue_champion
+
+    recipes = {
+        "g0-m0": InitialRecipe(role="generalist", skills=["arithmetic"], seed=0, steps=4),
+        "g0-m1": InitialRecipe(role="specialist", skills=["arithmetic"], seed=1, steps=2,
+                               init_from="g0-m0"),
+    }
+    assert continue_champion(recipes, None) == recipes  # no champion: a cold start
+    champion = Member(id="champion-v7", adapter_dir=tmp_path, rank=4, generation=0,
+                      recipe=InitialRecipe(role="generalist", skills=["arithmetic"], seed=0,
+                                           steps=0))
+    warm = continue_champion(recipes, champion)
+    assert warm["g0-m0"].init_from == "champion-v7"
+    assert warm["g0-m1"].init_from == "g0-m0"  # the specialists continue the generalist
+
