@@ -40,6 +40,7 @@ from serving.schemas import (
     ToolCall,
     Usage,
 )
+from serving.streaming import usage_and_done
 from serving.tool_calls import FORCED_ANSWER, read_step, render_react_chat, tools_react_system
 
 # Tool calls one chat request may make through the agent: each is a generation, and a
@@ -196,8 +197,7 @@ def react_response(reply: ReactReply, body: ChatCompletionRequest, completion_id
 
 
 def _usage(reply: ReactReply) -> Usage:
-    return Usage(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                 total_tokens=reply.prompt_tokens + reply.completion_tokens)
+    return Usage.of(reply.prompt_tokens, reply.completion_tokens)
 
 
 def _chunks(reply: ReactReply, model: str, completion_id: str, created: int,
@@ -218,9 +218,5 @@ def _chunks(reply: ReactReply, model: str, completion_id: str, created: int,
         yield chunk({"tool_calls": [{"index": index, **call.model_dump()}]}, None)
     steps = None if reply.steps is None else [step.model_dump() for step in reply.steps]
     yield chunk({}, reply.finish_reason, evolora_steps=steps, evolora_error=reply.error)
-    if include_usage:
-        data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                "model": model, "evolora_adapter": reply.adapter, "choices": [],
-                "usage": _usage(reply).model_dump()}
-        yield f"data: {json.dumps(data)}\n\n"
-    yield "data: [DONE]\n\n"
+    yield from usage_and_done(completion_id, created, model, reply.adapter,
+                              _usage(reply) if include_usage else None)

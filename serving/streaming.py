@@ -3,14 +3,28 @@ that leaves mid-stream stops the generation behind it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Generator
+import json
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from serving.schemas import Usage
+
 _END = object()
+
+
+def usage_and_done(completion_id: str, created: int, model: str, adapter: str,
+                   usage: Usage | None) -> Iterator[str]:
+    """A chat stream's last events: the usage chunk (when the client asked for it), [DONE]."""
+    if usage is not None:
+        data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                "model": model, "evolora_adapter": adapter, "choices": [],
+                "usage": usage.model_dump()}
+        yield f"data: {json.dumps(data)}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 class ClosingStreamingResponse(StreamingResponse):

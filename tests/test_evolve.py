@@ -382,7 +382,9 @@ def test_late_reply_times_out_to_ga() -> None:
     started = time.perf_counter()
     _, record, _, _ = run_decide([Delay(8.0, json.dumps(GOOD_PLAN))], timeout_s=1.0)
     assert record.policy == "ga"
-    assert record.reason.startswith("agents failed (timeout")
+    # Our deadline or the client's own 1 s timeout, whichever fires first on a busy machine.
+    assert record.reason.startswith("agents failed (")
+    assert "timeout" in record.reason.lower() or "timed out" in record.reason
     assert time.perf_counter() - started < 5  # the caller did not wait for the late reply
 
 

@@ -40,7 +40,7 @@ from serving.schemas import (
     ModelList,
     Usage,
 )
-from serving.streaming import ClosingStreamingResponse
+from serving.streaming import ClosingStreamingResponse, usage_and_done
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -130,8 +130,7 @@ def _stream(body: ChatCompletionRequest, caller: Caller, runtime: RuntimeDep,
 
 
 def _usage(result: Completion) -> Usage:
-    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                 total_tokens=result.prompt_tokens + result.completion_tokens)
+    return Usage.of(result.prompt_tokens, result.completion_tokens)
 
 
 def _sse_events(completion_id: str, created: int, model: str, result: Completion,
@@ -146,12 +145,8 @@ def _sse_events(completion_id: str, created: int, model: str, result: Completion
     for piece in pieces:
         yield chunk({"content": piece}, None)
     yield chunk({}, result.finish_reason)
-    if include_usage:
-        data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                "model": model, "evolora_adapter": result.adapter, "choices": [],
-                "usage": _usage(result).model_dump()}
-        yield f"data: {json.dumps(data)}\n\n"
-    yield "data: [DONE]\n\n"
+    yield from usage_and_done(completion_id, created, model, result.adapter,
+                              _usage(result) if include_usage else None)
 
 
 @router.get("/models", response_model=ModelList)
