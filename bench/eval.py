@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, help="A PEFT adapter folder (default: the "
                         "registry's champion).")
     parser.add_argument("--limit", type=int, help="Only the first N test problems.")
+    parser.add_argument("--slots", type=int, help="llama.cpp parallel slots (default: the "
+                        "config's serving.parallel_slots).")
     args = parser.parse_args()
 
     from evolora.tracking import setup_mlflow
@@ -74,6 +76,9 @@ def main() -> None:
     from tasks.evaluate import evaluate_adapters
 
     settings = load_settings(args.config)
+    if args.slots:
+        settings = settings.model_copy(update={"serving": settings.serving.model_copy(
+            update={"parallel_slots": args.slots})})
     model_path = str(resolve_base_model(settings.model.base, settings.paths.models_dir))
     rows = list(build_splits(settings.data, settings.paths.data_dir).test)[:args.limit]
     with tempfile.TemporaryDirectory(prefix="evolora-bench-eval-") as folder:
