@@ -232,6 +232,25 @@ class MemoryStore:
             self._prune(user_id, protect={m.id for m in memories})
         return memories
 
+    def apply_feedback(self, user_id: str, run_id: str, rating: int) -> list[Memory]:
+        """Re-score the user's memories made by agent run `run_id` with its rating (-1, 0,
+        1): `importance_score(..., feedback=rating)`, so a liked turn is kept longer and
+        ranks higher. Returns the memories changed (none for another user's run)."""
+        found = self._collection.get(
+            where={"$and": [{"user_id": user_id}, {_USER_PREFIX + "run_id": run_id}]},
+            include=["documents", "metadatas"])
+        changed = []
+        for memory_id, text, meta in zip(found["ids"], found["documents"] or [],
+                                         found["metadatas"] or [], strict=True):
+            memory = _from_chroma(memory_id, text, meta)
+            memory.importance = importance_score(text, kind=memory.kind, feedback=rating)
+            changed.append(memory)
+        if changed:
+            with self._write_lock:
+                self._collection.update(ids=[m.id for m in changed],
+                                        metadatas=[_to_chroma_metadata(m) for m in changed])
+        return changed
+
     def delete(self, user_id: str, memory_id: str) -> bool:
         """True when this user's memory was deleted; False when it is missing or another
         user's (the caller cannot tell which, so ids of others' memories reveal nothing)."""

@@ -94,7 +94,9 @@ def answer_question(runtime: InferenceEngine, loader: AdapterHotLoader, store: S
                                 adapter_version=adapter)
     # What the user said is worth remembering even when the model failed to answer it.
     exchange = f"User: {question}" + (f"\nAssistant: {answer}" if answer else "")
-    memory.add(user_id, exchange[:MAX_MEMORY_CHARS], kind="episode")
+    # Tagged with its run, so feedback on the run moves this memory's importance.
+    memory.add(user_id, exchange[:MAX_MEMORY_CHARS], kind="episode",
+               metadata={"run_id": run_id})
     _fold_old_messages(store, user_id, session_id)
     return ServedRun(run_id, session_id, run, adapter, metered.tokens)
 

@@ -16,6 +16,7 @@ import pytest
 from langchain_openai import ChatOpenAI
 from support.serving import serving_settings
 
+from agent.memory import importance_score
 from evolora.settings import Settings
 from serving.app import create_app
 from serving.local_server import running_server
@@ -186,9 +187,21 @@ def test_agent_run_session_feedback_and_memories(server: Server) -> None:
                                                    "session_id": run["session_id"]})
         assert second.status_code == 200 and second.json()["session_id"] == run["session_id"]
 
+        def run_memory() -> dict:
+            return next(m for m in http.get("/v1/memories").json()["data"]
+                        if m["metadata"].get("run_id") == run["run_id"])
+
+        before = run_memory()
+        assert before["importance"] == importance_score(before["text"], kind="episode")
         feedback = http.post("/v1/feedback", json={"run_id": run["run_id"], "rating": 1,
                                                    "comment": "good"})
         assert feedback.status_code == 200 and feedback.json()["rating"] == 1
+        # The rating moves the importance of the memory the run left, as documented.
+        liked = importance_score(before["text"], kind="episode", feedback=1)
+        assert run_memory()["importance"] == liked > before["importance"]
+        http.post("/v1/feedback", json={"run_id": run["run_id"], "rating": -1})
+        assert run_memory()["importance"] == importance_score(
+            before["text"], kind="episode", feedback=-1) < before["importance"]
         assert http.post("/v1/feedback", json={"run_id": "no-such-run",
                                                "rating": -1}).status_code == 404
 
