@@ -50,8 +50,12 @@ def keys_create(
     name: Annotated[str, typer.Argument(help="What the key is for, e.g. `laptop`.")],
     user: Annotated[str | None, typer.Option("--user", "-u", help="The user the key acts "
                                              "as; default: NAME.")] = None,
-    admin: Annotated[bool, typer.Option("--admin", help="May manage keys and see every "
-                                        "user's data through the service.")] = False,
+    admin: Annotated[bool, typer.Option("--admin", help="May call the admin routes (check "
+                                        "the registry now) and load any registered version, "
+                                        "even one the gate did not promote.")] = False,
+    add_to_user: Annotated[bool, typer.Option(
+        "--add-to-user", help="Give an existing user another key (they share that user's "
+        "memories and sessions).")] = False,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -59,8 +63,17 @@ def keys_create(
     from storage.store import StoreError
 
     store = _open_store(config)
+    user_id = (user or name).strip()
     try:
-        plaintext, record = store.create_key(name, user or name, admin=admin)
+        # Keys of one user id share its memories, sessions and traces: a second key for a
+        # user id in use is only made on purpose, never because two names collide.
+        holders = [k for k in store.list_keys() if k.user_id == user_id and not k.revoked_at]
+        if holders and not add_to_user:
+            raise fail(f"user {user_id!r} already has {len(holders)} live key(s) "
+                       f"({', '.join(k.name for k in holders)}); a new key would share their "
+                       "data", "pass --user with another user id, or --add-to-user to give "
+                       "that user another key")
+        plaintext, record = store.create_key(name, user_id, admin=admin)
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:

@@ -244,3 +244,17 @@ def test_keys_cli_create_list_revoke(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     missing = runner.invoke(app, ["keys", "revoke", "nope", "-c", "tiny"])
     assert missing.exit_code == 2
+
+    # Alice's only key is revoked: a new one for her needs no flag. A second live key for a
+    # user id in use (their data would be shared) needs --add-to-user.
+    phone = runner.invoke(app, ["keys", "create", "phone", "--user", "alice", "-c", "tiny"])
+    assert phone.exit_code == 0, phone.output
+    clash = runner.invoke(app, ["keys", "create", "alice", "-c", "tiny"])
+    assert clash.exit_code == 2
+    assert "user 'alice' already has 1 live key(s) (phone)" in clash.output
+    assert "--add-to-user" in clash.output
+    shared = runner.invoke(app, ["keys", "create", "tablet", "--user", "alice",
+                                 "--add-to-user", "-c", "tiny"])
+    assert shared.exit_code == 0, shared.output
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", "tiny"]).output)
+    assert sorted(k["name"] for k in listed if not k["revoked_at"]) == ["phone", "tablet"]
