@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def export_base_gguf(model_dir: Path, source_gguf: Path, out_path: Path,
     handle, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}-", dir=out_path.parent)
     os.close(handle)
     try:
-        _write(gguf, config, weights, source, Path(tmp_name), numpy_dtype)
+        _write(gguf.GGUFWriter(tmp_name, "llama"), config, weights, source, numpy_dtype)
         os.replace(tmp_name, out_path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -62,9 +63,10 @@ def export_base_gguf(model_dir: Path, source_gguf: Path, out_path: Path,
     return out_path
 
 
-def _write(gguf: object, config: dict, weights: dict[str, np.ndarray], source: object,
-           out: Path, numpy_dtype: type) -> None:
-    writer = gguf.GGUFWriter(str(out), "llama")  # type: ignore[attr-defined]
+def _write(writer: Any, config: dict[str, Any], weights: dict[str, np.ndarray], source: Any,
+           numpy_dtype: type) -> None:
+    import gguf
+
     heads, heads_kv = config["num_attention_heads"], config["num_key_value_heads"]
     writer.add_name(config.get("_name_or_path") or "evolora-base")
     writer.add_context_length(config["max_position_embeddings"])
@@ -78,9 +80,9 @@ def _write(gguf: object, config: dict, weights: dict[str, np.ndarray], source: o
     writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_vocab_size(config["vocab_size"])
-    file_type = gguf.LlamaFileType  # type: ignore[attr-defined]
+    file_type = gguf.LlamaFileType
     writer.add_file_type(file_type.ALL_F32 if numpy_dtype is np.float32 else file_type.MOSTLY_F16)
-    for key, field in source.fields.items():  # type: ignore[attr-defined]
+    for key, field in source.fields.items():
         if key.startswith("tokenizer."):
             sub_type = field.types[1] if len(field.types) > 1 else None
             writer.add_key_value(key, field.contents(), field.types[0], sub_type)
