@@ -51,9 +51,8 @@ def first_steps(settings: Settings, model_path: str, adapter: Path, questions: l
     from agent.react_format import STOP_SEQUENCE, build_messages
     from engines.engine import open_engine
 
-    engine = open_engine(settings, model_path)
+    engine = open_engine(settings, model_path, adapters={"candidate": adapter})
     try:
-        engine.attach("candidate", adapter)
         prompts = [engine.chat_prompt(build_messages(q)) for q in questions]
         return engine.generate(prompts, max_new_tokens=max_new_tokens, stop=[STOP_SEQUENCE],
                                adapter="candidate")

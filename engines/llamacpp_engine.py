@@ -36,6 +36,7 @@ from engines.llama_server import EmbeddedLlamaServer
 from engines.transformers_runtime import (
     BASE_ADAPTER,
     AdapterError,
+    ChatText,
     cut_at_stop,
     load_tokenizer,
 )
@@ -70,7 +71,7 @@ class _Instance:
         self.server.stop()
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(ChatText):
     """An `InferenceEngine` on llama.cpp; see the module docstring."""
 
     engine_name = "llamacpp"
@@ -187,14 +188,6 @@ class LlamaCppEngine:
                 instance.close()
 
     # --- generation -----------------------------------------------------------------------------
-
-    def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                    add_generation_prompt=True)
-        return str(prompt) + assistant_prefix
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _body(self, instance: _Instance, prompt: str, adapter: str, max_new_tokens: int,
               stop: list[str] | None, temperature: float, top_p: float) -> dict[str, Any]:

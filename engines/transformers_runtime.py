@@ -72,8 +72,24 @@ def load_base_model(model_path: str, dtype: str = "bfloat16", device: str | None
     return model.to(device).eval()
 
 
+class ChatText:
+    """The text side both engines share: the base's chat template and its token counts
+    (llama.cpp is sent the same tokenizer's ids, so the counts hold for it too)."""
+
+    tokenizer: PreTrainedTokenizerBase
+
+    def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+        """The model's chat template for `messages`, opened for an assistant reply."""
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                    add_generation_prompt=True)
+        return str(prompt) + assistant_prefix
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 @dataclass
-class ModelRuntime:
+class ModelRuntime(ChatText):
     """A base model with any number of named adapters, one of them active at a time.
 
     PEFT keeps every attached adapter in the module tree; switching is a pointer change,
@@ -251,17 +267,8 @@ class ModelRuntime:
             kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
         return kwargs
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def close(self) -> None:
         """Nothing to release: the weights go with the last reference."""
-
-    def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
-        """The model's chat template for `messages`, opened for an assistant reply."""
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                    add_generation_prompt=True)
-        return prompt + assistant_prefix
 
 
 class _Cancelled(StoppingCriteria):

@@ -33,10 +33,6 @@ def chat_prompt(runtime: InferenceEngine, messages: list[ChatMessage]) -> str:
     return runtime.chat_prompt(chat)
 
 
-def count_tokens(runtime: InferenceEngine, text: str) -> int:
-    return runtime.count_tokens(text)
-
-
 def complete(runtime: InferenceEngine, loader: AdapterHotLoader, metrics: ServingMetrics, *,
              model: str | None, prompt: str, prompt_tokens: int, max_new_tokens: int,
              stop: list[str], temperature: float, top_p: float) -> Completion:
@@ -49,7 +45,7 @@ def complete(runtime: InferenceEngine, loader: AdapterHotLoader, metrics: Servin
         text = runtime.generate([prompt], max_new_tokens=max_new_tokens, stop=stop or None,
                                 temperature=temperature, top_p=top_p, adapter=adapter)[0]
         seconds = time.perf_counter() - started
-    completion_tokens = count_tokens(runtime, text)
+    completion_tokens = runtime.count_tokens(text)
     metrics.record_generation(adapter, completion_tokens, seconds)
     finish = "length" if completion_tokens >= max_new_tokens else "stop"
     return Completion(text, adapter, prompt_tokens, completion_tokens, seconds, finish)
@@ -74,6 +70,6 @@ def stream_completion(runtime: InferenceEngine, loader: AdapterHotLoader, metric
         pieces.close()
         done.seconds = time.perf_counter() - started
         done.text = text
-        done.completion_tokens = count_tokens(runtime, text)
+        done.completion_tokens = runtime.count_tokens(text)
         done.finish_reason = "length" if done.completion_tokens >= max_new_tokens else "stop"
         metrics.record_generation(adapter, done.completion_tokens, done.seconds)
