@@ -4,6 +4,11 @@ Each round generates, for every unfinished question, the model's next Thought/Ac
 Final Answer), stops at the Observation marker, runs the tool for real and appends the
 observation. A run ends at a Final Answer, at malformed output, or after `max_steps`
 tool calls; all three are recorded, none raises.
+
+A tool step is kept in the transcript as `render_action` writes it (the parsed thought,
+tool and argument), exactly as the service's LangChain agent renders the same step
+(`agent.chat_model`): for one adapter and question the evaluated agent and the served one
+see the same prompts, so they take the same steps.
 """
 
 from __future__ import annotations
@@ -12,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from agent.react_format import STOP_SEQUENCE, build_messages, parse_step, render_observation
+from agent.react_format import (
+    STOP_SEQUENCE,
+    build_messages,
+    parse_step,
+    render_action,
+    render_observation,
+)
 from agent.tools import Tool, run_tool
 
 
@@ -65,12 +76,14 @@ def run_agent_batch(
     batch_size: int = 16,
     on_finished: Callable[[int], object] | None = None,
     prompts: list[str] | None = None,
+    temperature: float = 0.0,
 ) -> list[AgentRun]:
     """Run the ReAct agent on every question; returns one AgentRun per question, in order.
 
     `on_finished(n)` is told after each generation call how many more runs have finished.
     `prompts` replaces each question's opening prompt (the system prompt and the question
-    alone), for a question asked inside a longer conversation.
+    alone), for a question asked inside a longer conversation. `temperature` > 0 samples
+    (the champion's self-attempts); 0 is greedy, as evaluation and the service decode.
     """
     runs = [AgentRun(question) for question in questions]
     if prompts is None:
@@ -78,6 +91,8 @@ def run_agent_batch(
     elif len(prompts) != len(questions):
         raise ValueError(f"{len(prompts)} prompts for {len(questions)} questions; give one "
                          "prompt per question")
+    # Only a sampling run passes a temperature: greedy generators need not take one.
+    sampling = {"temperature": temperature} if temperature > 0 else {}
     for round_index in range(max_steps + 1):
         pending = [i for i, run in enumerate(runs) if not run.finished]
         if not pending:
@@ -85,7 +100,8 @@ def run_agent_batch(
         for start in range(0, len(pending), batch_size):
             chunk = pending[start:start + batch_size]
             replies = runtime.generate([prompts[i] + runs[i].transcript for i in chunk],
-                                       max_new_tokens=max_new_tokens, stop=[STOP_SEQUENCE])
+                                       max_new_tokens=max_new_tokens, stop=[STOP_SEQUENCE],
+                                       **sampling)
             for i, reply in zip(chunk, replies, strict=True):
                 _advance(runs[i], reply, tools, last_round=round_index == max_steps)
             if on_finished is not None:
@@ -110,5 +126,6 @@ def _advance(run: AgentRun, reply: str, tools: dict[str, Tool], last_round: bool
     observation = run_tool(tools, step.action.tool, step.action.argument)
     run.steps.append(AgentStep(step.thought, step.action.tool, step.action.argument,
                                observation))
-    # Keep the model's text up to its Action Input line, then the real observation.
-    run.transcript += reply.rstrip("\n") + "\n" + render_observation(observation)
+    # The step as the LangChain agent renders it (one code path), then the real observation.
+    run.transcript += render_action(step.thought, step.action.tool, step.action.argument)
+    run.transcript += render_observation(observation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -303,52 +304,68 @@ def cycle(
         "--summary", help="Where to write the summary JSON; default mlruns/last-cycle.json.",
     )] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    nights: Annotated[int, typer.Option(
+        "--nights", min=1, max=100, help="Run this many consecutive cycles, as the nightly "
+        "schedule would (each starts from the last one's champion), and write "
+        "mlruns/nights.json with the champion after each.")] = 1,
 ) -> None:
     """Run one self-improvement cycle: data, population, evolution, promotion gate."""
     from flows.cycle import cycle_flow
+    from flows.nights import NightsRecord
 
     settings = settings_or_exit(config)
-    summary = run_flow(settings, lambda: cycle_flow(settings=settings, new=new))
-    target = summary_path or settings.paths.mlruns_dir / "last-cycle.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(summary.model_dump_json(indent=2))
-    if as_json:
-        print(summary.model_dump_json(indent=2))
-        return
-    print_cycle_summary(summary)
-    console.print(f"summary written to {target}", highlight=False)
+    record = NightsRecord(settings.paths.mlruns_dir / "nights.json") if nights > 1 else None
+    for night in range(nights):
+        started = time.perf_counter()
+        fresh = new or night > 0
+        summary = run_flow(settings, lambda fresh=fresh: cycle_flow(settings=settings,
+                                                                    new=fresh))
+        target = summary_path or settings.paths.mlruns_dir / "last-cycle.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(summary.model_dump_json(indent=2))
+        if record is not None:
+            record.add(summary, wall_s=time.perf_counter() - started)
+        if as_json:
+            print(summary.model_dump_json(indent=2))
+            continue
+        print_cycle_summary(summary)
+        console.print(f"summary written to {target}", highlight=False)
+    if record is not None and not as_json:
+        console.print(f"{nights} nights: champion after each "
+                      f"{', '.join(f'{c.champion:.3f}' for c in record.cycles)}; written to "
+                      f"{record.path}", highlight=False)
 
 
 def print_cycle_summary(summary: CycleSummary) -> None:
-    """The demo's table: base, best initial, each generation's best, champion."""
-    table = Table("candidate", "test accuracy", "hard level", "note")
+    """The demo's table: base, best initial, each generation's best, challenger, champion,
+    then the paired comparisons behind them."""
+    table = Table("candidate", "split", "accuracy", "hard level", "note")
 
-    def row(label: str, accuracy: float, hard: float, note: str = "") -> None:
-        table.add_row(label, f"{accuracy:.2f}", f"{hard:.2f}", note)
+    def row(label: str, split: str, accuracy: float, hard: float, note: str = "") -> None:
+        table.add_row(label, split, f"{accuracy:.3f}", f"{hard:.3f}", note)
 
-    row("base model", summary.base, summary.base_hard)
-    row(f"best initial ({summary.best_initial_id})", summary.best_initial,
-        summary.best_initial_hard)
+    row("base model", "test", summary.base, summary.base_hard)
+    row(f"best initial ({summary.best_initial_id})", "eval", summary.best_initial,
+        summary.best_initial_hard, f"from {summary.started_from or 'the base'}")
     for gen in summary.generations:
-        row(f"generation {gen.generation} best ({gen.best_id})", gen.best, gen.best_hard,
-            f"planned by: {gen.policy}")
+        row(f"generation {gen.generation} best ({gen.best_id})", "eval", gen.best_fitness,
+            gen.best_fitness_hard, f"planned by: {gen.policy}")
     verdict = "promoted" if summary.promoted else "refused: " + "; ".join(summary.gate_reasons)
-    row(f"challenger ({summary.challenger_id})", summary.challenger, summary.challenger_hard,
-        f"registry v{summary.registry_version}, {verdict}")
-    row(f"champion (registry v{summary.champion_version})", summary.champion,
-        summary.champion_hard)
+    row(f"challenger ({summary.challenger_id})", "test", summary.challenger,
+        summary.challenger_hard, f"registry v{summary.registry_version}, {verdict}")
+    row(f"champion (registry v{summary.champion_version})", "test", summary.champion,
+        summary.champion_hard, f"{summary.test_problems} problems")
     console.print(table)
-    merge = summary.specialist_merge
-    if merge:
-        parents = ", ".join(f"{k} {v:.2f}" for k, v in merge.parents.items())
-        console.print(f"specialist merge {merge.id} ({merge.rule}): {merge.accuracy:.2f} vs "
-                      f"parents {parents} (beats each: {merge.beats_each_parent})",
-                      highlight=False)
+    for label, text in summary.comparisons.items():
+        console.print(f"{label}: {text}", highlight=False)
     console.print(f"challenger {summary.challenger_reason}", highlight=False)
-    console.print(f"evolution moved test accuracy by {summary.evolution_gain:+.2f} overall "
-                  f"and {summary.evolution_gain_hard:+.2f} on the hard level "
-                  f"(best initial -> challenger); wall {summary.wall_s:.0f} s",
-                  highlight=False)
+    if summary.self_yield is not None:
+        console.print(f"the champion solved {summary.self_yield:.0%} of its fresh problems; "
+                      f"training mix {summary.mix_rows}", highlight=False)
+    console.print(f"evolution moved eval accuracy by {summary.evolution_gain:+.3f} overall "
+                  f"and {summary.evolution_gain_hard:+.3f} on the hard level (best initial -> "
+                  f"challenger); {summary.train_steps} training steps; wall "
+                  f"{summary.wall_s:.0f} s", highlight=False)
 
 
 @app.command("config")

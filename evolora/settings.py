@@ -142,6 +142,37 @@ class DataSettings(Section):
     harvest_max_rows: int = Field(500, ge=0)
     harvest_max_share: float = Field(0.3, ge=0, le=1, description="Harvested rows' largest "
                                      "share of the training mix.")
+    continuity_test_per_skill: int = Field(
+        0, ge=0, description="A second, older frozen test set still reported beside the main "
+        "one, so numbers stay comparable with earlier runs; 0: none.")
+    continuity_test_seed: int = 1234
+    fresh_train_each_cycle: bool = Field(
+        True, description="Each cycle draws its training problems with its own seed "
+        "(data.seed + the number of cycles before it): nights learn from new problems.")
+    # The champion's own verified attempts (STaR / ReST-EM), and the shares of the night's mix.
+    self_problems_per_skill: int = Field(
+        0, ge=0, description="Fresh training-wording problems per skill the champion attempts "
+        "each cycle; its verified attempts become training rows, the problems it fails keep "
+        "their program-written trace. 0: no self-attempts.")
+    self_attempts: int = Field(2, ge=1, le=16, description="Sampled attempts per problem.")
+    self_temperature: float = Field(0.7, gt=0, le=2, description="Sampling temperature of the "
+                                    "attempts.")
+    self_max_share: float = Field(0.3, ge=0, le=1, description="Largest share of the mix made "
+                                  "from the self-attempt pool (own traces and the failures' "
+                                  "program traces).")
+    replay_share: float = Field(0.2, ge=0, le=1, description="Share of the mix replayed from "
+                                "earlier cycles' training rows (against forgetting).")
+    template_max_share: float = Field(1.0, gt=0, le=1, description="Largest share of the mix "
+                                      "made of tonight's template rows.")
+
+    @model_validator(mode="after")
+    def _mix_leaves_room_for_templates(self) -> DataSettings:
+        others = self.self_max_share + self.harvest_max_share + self.replay_share
+        if others >= 1.0:
+            raise ValueError(
+                f"self_max_share + harvest_max_share + replay_share is {others:.2f}: they must "
+                "add up to less than 1, so tonight's template rows keep a share; lower one")
+        return self
 
 
 class TrainSettings(Section):

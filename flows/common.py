@@ -18,8 +18,10 @@ def prepare_base_model(settings: Settings) -> str:
 
 
 @task(name="generate-data")
-def generate_data(settings: Settings, parent_run_id: str | None = None) -> DataSplits:
-    """Verified train/eval splits and the frozen test set, logged as MLflow dataset inputs."""
+def generate_data(settings: Settings, parent_run_id: str | None = None,
+                  train_seed: int | None = None) -> DataSplits:
+    """Verified train/eval splits and the frozen test set, logged as MLflow dataset inputs
+    (`train_seed`: the training problems' seed, default `data.seed`)."""
     from tasks.data import build_and_log_splits
 
-    return build_and_log_splits(settings, parent_run_id=parent_run_id)
+    return build_and_log_splits(settings, parent_run_id=parent_run_id, train_seed=train_seed)

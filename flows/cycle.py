@@ -1,11 +1,14 @@
 """The self-improvement cycle, as one Prefect flow that reads like the pipeline.
 
-    data (+ harvested traces) -> score the base -> train the initial population
+    warm start (the registry's champion) -> tonight's data (fresh problems + harvested
+         traces) -> the champion's own attempts -> the training mix (+ replay)
+         -> score the base -> train the initial population, continuing the champion
          -> G x (plan [AutoGen agents, GA fallback] -> breed -> score -> select)
          -> pick the challenger -> promotion gate (MLflow registry alias `champion`)
 
-Fitness is accuracy on the eval split; the frozen test set is used for the numbers a
-person reads (base, best initial, each generation's best, champion) and for the gate.
+Fitness is accuracy on the eval split; the frozen test set is kept for the judgement: the
+challenger's numbers a person reads and the gate, which pairs it problem by problem with
+the champion (`tasks.paired`).
 Every finished step is kept in the cycle's journal (`flows/cycle_journal.py`) as the same
 typed record the tasks return, so a killed cycle resumes where it stopped: each step below
 first looks for its record in the journal.
@@ -14,11 +17,10 @@ first looks for its record in the journal.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import mlflow
-from mlflow.tracking import MlflowClient
 from prefect import flow
 
 from evolora.logs import get_logger
@@ -26,9 +28,16 @@ from evolora.models import base_model_checksum
 from evolora.progress import Stage, current, stage
 from evolora.settings import EvolutionSettings, Settings, load_settings
 from evolora.tracking import log_resolved_config, setup_mlflow
-from evolora.vocabulary import CHAMPION, STEP_TAG
+from evolora.vocabulary import STEP_TAG
 from flows.common import generate_data, prepare_base_model
+from flows.cycle_data import (
+    attempt_with_champion,
+    compose_night_data,
+    earlier_training_splits,
+    train_seed,
+)
 from flows.cycle_journal import CycleJournal
+from flows.cycle_summary import summarize
 from flows.cycle_tasks import (
     CycleContext,
     breed_child,
@@ -37,6 +46,7 @@ from flows.cycle_tasks import (
     mix_in_serving_traces,
     plan_generation,
     promote_challenger,
+    rescore_champion,
     train_member,
     warm_start_member,
 )
@@ -46,10 +56,7 @@ from tasks.records import (
     GenerationResult,
     InitialRecipe,
     Member,
-    Promotion,
     ScoredSplit,
-    Scores,
-    SpecialistMergeReport,
 )
 
 log = get_logger(__name__)
@@ -68,45 +75,69 @@ def cycle_flow(config: str | None = None, new: bool = False,
     settings = settings or load_settings(config)
     evo = settings.evolution
     setup_mlflow(settings)
-    journal = CycleJournal.open(settings.paths.data_dir / "cycles", new=new)
+    cycles_dir = settings.paths.data_dir / "cycles"
+    journal = CycleJournal.open(cycles_dir, new=new)
     started, resumed = time.perf_counter(), journal.resumed
     if resumed:
         log.info("cycle.resume", cycle=journal.cycle_id, members=list(journal.members))
     recipes = seed_population(evo, settings.data.skills, seed=settings.train.seed,
                               max_steps=settings.train.max_steps)
-    test_slots = plan_progress(settings, journal, recipes)
+    plan_progress(settings, journal, recipes)
     with _parent_run(settings, journal) as parent_run_id:
         model_path = prepare_base_model(settings)
+        base_sha = base_model_checksum(model_path)
+        if not journal.warm_start_checked:  # decided once: a resumed cycle keeps its start
+            journal.update(warm_start=warm_start_member(settings, base_sha, journal.adapters_dir),
+                           warm_start_checked=True)
+        champion = journal.warm_start
         if journal.data is None:
-            with stage("data"):
-                since = CycleJournal.harvest_watermark(journal.folder.parent)
-                synthetic = generate_data(settings, parent_run_id)
-                journal.update(data=mix_in_serving_traces(settings, synthetic, since,
-                                                          parent_run_id))
-        ctx = CycleContext(cycle_id=journal.cycle_id, model_path=model_path,
-                           base_sha=base_model_checksum(model_path), data=journal.data,
-                           parent_run_id=parent_run_id, adapters_dir=journal.adapters_dir)
+            if journal.template_data is None:
+                with stage("data"):
+                    since = CycleJournal.harvest_watermark(cycles_dir)
+                    synthetic = generate_data(settings, parent_run_id,
+                                              train_seed(settings, journal.night))
+                    journal.update(template_data=mix_in_serving_traces(
+                        settings, synthetic, since, parent_run_id))
+            if not journal.self_checked:
+                if champion is not None and settings.data.self_problems_per_skill:
+                    attempts = (settings.data.self_problems_per_skill * len(settings.data.skills)
+                                * settings.data.self_attempts)
+                    with stage("self", f"{champion.id} attempts fresh problems", attempts,
+                               "eval_problem"):
+                        path, report = attempt_with_champion(
+                            settings, model_path, journal.template_data, champion,
+                            journal.night, parent_run_id)
+                        journal.update(self_rows=path, self_report=report)
+                journal.update(self_checked=True)
+            with stage("mix", "compose the training mix", 1, "step"):
+                journal.update(data=compose_night_data(
+                    settings, journal.template_data, journal.self_rows, journal.self_report,
+                    earlier_training_splits(cycles_dir, journal.cycle_id), journal.night,
+                    parent_run_id))
+        ctx = CycleContext(cycle_id=journal.cycle_id, model_path=model_path, base_sha=base_sha,
+                           data=journal.data, parent_run_id=parent_run_id,
+                           adapters_dir=journal.adapters_dir)
 
         def scored(member: Member, split: ScoredSplit) -> Member:
             """The member with its scores on `split`, evaluated once per cycle."""
             member = journal.members[member.id]
             if member.scores(split) is None:
-                key = f"eval/{member.id}/{split}"
-                if split == "test":  # one of the test evaluations planned without a member
-                    key = next(test_slots, key)
+                key = f"eval/{member.id}/{split}" if split == "eval" else f"eval/{split}"
                 with stage(key, f"evaluate {member.id} ({split})", ctx.data.rows[split],
                            "eval_problem"):
                     member = journal.keep(member.with_scores(
                         evaluate_member(settings, ctx, member, split)))
             return member
 
-        if not journal.warm_start_checked:  # decided once: a resumed cycle keeps its start
-            journal.update(warm_start=warm_start_member(settings, ctx), warm_start_checked=True)
-        recipes = continue_champion(recipes, journal.warm_start)
-
+        recipes = continue_champion(recipes, champion)
         if journal.base_test is None:
             with stage("eval/base/test"):
                 journal.update(base_test=evaluate_member(settings, ctx, None, "test"))
+        if champion is not None and not journal.champion_checked:
+            with stage("eval/champion/test", f"re-score {champion.id} on this test set (if "
+                       "the registry has no outcomes of it here)", 1, "step"):
+                journal.update(champion_test=rescore_champion(settings, ctx, champion),
+                               champion_checked=True)
 
         population = []
         for member_id, recipe in recipes.items():
@@ -114,7 +145,7 @@ def cycle_flow(config: str | None = None, new: bool = False,
                 with stage(f"train/{member_id}"):
                     start = None
                     if recipe.init_from:
-                        start = journal.members.get(recipe.init_from) or journal.warm_start
+                        start = journal.members.get(recipe.init_from) or champion
                     journal.keep(train_member(settings, ctx, member_id, recipe, start))
             population.append(scored(journal.members[member_id], "eval"))
         best_initial = max(population, key=lambda m: m.fitness)
@@ -138,44 +169,38 @@ def cycle_flow(config: str | None = None, new: bool = False,
                             journal.keep(breed_child(settings, ctx, child_id, generation,
                                                      child, parents, start))
                     children.append(scored(journal.members[child_id], "eval"))
-                population, result = select_generation(evo, plan, population + children,
-                                                       lambda m: scored(m, "test"))
+                population, result = select_generation(evo, plan, population + children)
                 generations.append(result)
 
-        challenger, reason = pick_challenger(population, best_initial,
-                                             lambda m: scored(m, "test").test.accuracy)
+        challenger, reason = pick_challenger(population, best_initial)
         challenger = scored(challenger, "test")
+        if ctx.data.continuity_test_path is not None:
+            challenger = scored(challenger, "continuity")
         if journal.promotion is None:
             with stage("gate"):
                 journal.update(promotion=promote_challenger(settings, ctx, challenger))
 
         summary = summarize(
-            journal, evo, base=journal.base_test, best_initial=scored(best_initial, "test"),
-            generations=generations, challenger=challenger, challenger_reason=reason,
-            specialist_merge=specialist_merge_report(journal, lambda m: scored(m, "test")),
-            resumed=resumed, wall_s_this_run=time.perf_counter() - started)
+            journal, evo, best_initial=best_initial, generations=generations,
+            challenger=challenger, challenger_reason=reason, resumed=resumed,
+            wall_s_this_run=time.perf_counter() - started)
         mlflow.log_metrics({f"summary_{k}": float(v) for k, v in summary.model_dump().items()
-                            if isinstance(v, float)})
+                            if isinstance(v, int | float) and not isinstance(v, bool)})
         mlflow.log_dict(summary.model_dump(mode="json"), "cycle-summary.json")
-    for unused in test_slots:
-        current().drop(unused)
     journal.update(status="done", summary=summary)
     return summary
 
 
 def plan_progress(settings: Settings, journal: CycleJournal,
-                  recipes: dict[str, InitialRecipe]) -> Iterator[str]:
+                  recipes: dict[str, InitialRecipe]) -> None:
     """Tell the progress display every stage this cycle will run, and which a resumed run
-    already has: the remaining time is estimated from what is left.
-
-    Which members are scored on the test set is known only as the cycle goes (each
-    generation's best, the challenger, the specialists' merge and its parents), so that
-    many test evaluations are planned as slots; returns the slots' keys, to be taken in turn.
-    """
-    evo, progress = settings.evolution, current()
-    skills = len(settings.data.skills)
-    n_eval, n_test = skills * settings.data.eval_per_skill, skills * settings.data.test_per_skill
+    already has: the remaining time is estimated from what is left. (The champion's
+    attempts and its re-scoring join the plan when the cycle knows it has a champion.)"""
+    evo, data, progress = settings.evolution, settings.data, current()
+    skills = len(data.skills)
+    n_eval, n_test = skills * data.eval_per_skill, skills * data.test_per_skill
     stages = [Stage("data", "generate data", 1, "data"),
+              Stage("mix", "compose the training mix", 1, "step"),
               Stage("eval/base/test", "evaluate the base model (test)", n_test, "eval_problem")]
     for member_id, recipe in recipes.items():
         stages += [Stage(f"train/{member_id}", f"train {member_id} ({recipe.role}: "
@@ -191,23 +216,24 @@ def plan_progress(settings: Settings, journal: CycleJournal,
             stages += [Stage(f"breed/{child_id}", f"breed {child_id}", 1, "breed"),
                        Stage(f"eval/{child_id}/eval", f"evaluate {child_id} (eval)", n_eval,
                              "eval_problem")]
-    children = sum(len(plan.children) for plan in journal.plans.values())
-    n_members = len(recipes) + max(children, evo.generations * evo.children_per_generation + 1)
-    tested = sum(m.test is not None for m in journal.members.values())
-    slots = [f"eval/test/{i}" for i in range(max(0, min(n_members, evo.generations + 5)
-                                                  - tested))]
-    stages += [Stage(key, "evaluate on the test set", n_test, "eval_problem") for key in slots]
+    # Only the challenger is scored on the test sets: selection uses the eval split.
+    stages.append(Stage("eval/test", "evaluate the challenger (test)", n_test, "eval_problem"))
+    if data.continuity_test_per_skill:
+        stages.append(Stage("eval/continuity", "evaluate the challenger (continuity test)",
+                            skills * data.continuity_test_per_skill, "eval_problem"))
     stages.append(Stage("gate", "promotion gate", 1, "step"))
     progress.plan(stages)
-    done = {"data": journal.data is not None, "eval/base/test": journal.base_test is not None,
+    done = {"data": journal.template_data is not None or journal.data is not None,
+            "mix": journal.data is not None, "eval/base/test": journal.base_test is not None,
             "gate": journal.promotion is not None,
+            "eval/test": any(m.test for m in journal.members.values()),
+            "eval/continuity": any(m.continuity for m in journal.members.values()),
             **{f"plan/{g}": True for g in journal.plans}}
     for member in journal.members.values():
         done[f"{'train' if member.generation == 0 else 'breed'}/{member.id}"] = True
         done[f"eval/{member.id}/eval"] = member.eval is not None
     for key in (key for key, finished in done.items() if finished):
         progress.finish(key)
-    return iter(slots)
 
 
 @contextmanager
@@ -223,18 +249,16 @@ def _parent_run(settings: Settings, journal: CycleJournal) -> Iterator[str]:
         yield parent.info.run_id
 
 
-def select_generation(evo: EvolutionSettings, plan: GenerationPlan, pool: list[Member],
-                      with_test: Callable[[Member], Member]
+def select_generation(evo: EvolutionSettings, plan: GenerationPlan, pool: list[Member]
                       ) -> tuple[list[Member], GenerationResult]:
-    """The survivors of `pool` (elitist truncation by fitness) and the generation's record,
-    whose best member is scored on the test set through `with_test`."""
+    """The survivors of `pool` (elitist truncation by fitness) and the generation's record."""
     from tasks.evolve import population_diversity, select_survivors
 
     kept = {m.id for m in select_survivors(pool, population_size=evo.population_size,
                                            elite=evo.elite)}
     # In pool order, as the next generation's agents and GA read the population.
     survivors = [m for m in pool if m.id in kept]
-    best = with_test(max(survivors, key=lambda m: m.fitness))
+    best = max(survivors, key=lambda m: m.fitness)
     return survivors, GenerationResult(
         generation=plan.generation,
         policy=plan.decision.policy,
@@ -243,44 +267,20 @@ def select_generation(evo: EvolutionSettings, plan: GenerationPlan, pool: list[M
         survivors=sorted(kept),
         best_id=best.id,
         best_fitness=best.fitness,
-        best=best.test.accuracy,
-        best_hard=best.test.hard,
+        best_fitness_hard=best.eval.hard if best.eval else 0.0,
         diversity=population_diversity([m.adapter_dir for m in survivors]),
     )
 
 
-def pick_challenger(population: list[Member], best_initial: Member,
-                    test_accuracy: Callable[[Member], float]) -> tuple[Member, str]:
-    """The member the gate weighs against the champion, and why it is that one.
-
-    The final population's fittest (eval split), unless it scores below the best initial
-    member on the frozen test set: fitness is a few dozen problems, and a cycle should not
-    offer less than it started with. The test set already decides promotion; this makes
-    the best initial member one more incumbent the challenger has to match.
-    """
+def pick_challenger(population: list[Member], best_initial: Member) -> tuple[Member, str]:
+    """The member the gate weighs against the champion, and why it is that one: the final
+    population's fittest on the eval split (the first of equals: an older member before a
+    child that only ties it). Only it is scored on the test set, which is kept for the
+    judgement a person reads and the gate."""
     fittest = max(population, key=lambda m: m.fitness)
-    if fittest.id == best_initial.id:
-        return fittest, f"{fittest.id}: the fittest on the eval split"
-    fittest_test, initial_test = test_accuracy(fittest), test_accuracy(best_initial)
-    if fittest_test < initial_test:
-        return best_initial, (f"{best_initial.id}: the fittest, {fittest.id}, scored "
-                              f"{fittest_test:.3f} on the test set, below the best initial "
-                              f"member's {initial_test:.3f}")
-    return fittest, f"{fittest.id}: the fittest on the eval split"
-
-
-def specialist_merge_report(journal: CycleJournal, with_test: Callable[[Member], Member]
-                            ) -> SpecialistMergeReport | None:
-    """Test accuracy of the specialists' composition against each of its parents."""
-    merged = [m for m in journal.members.values() if m.is_specialist_merge]
-    if not merged:
-        return None
-    child = with_test(merged[0])
-    parents = {p: with_test(journal.members[p]).test.accuracy for p in child.parents}
-    return SpecialistMergeReport(
-        id=child.id, accuracy=child.test.accuracy, parents=parents,
-        rule=child.merge_rule or "mean", weights=list(child.recipe.weights),
-        beats_each_parent=all(child.test.accuracy > a for a in parents.values()))
+    if fittest.id != best_initial.id and fittest.fitness <= best_initial.fitness:
+        fittest = best_initial
+    return fittest, f"{fittest.id}: the fittest on the eval split ({fittest.fitness:.3f})"
 
 
 def continue_champion(recipes: dict[str, InitialRecipe], champion: Member | None
@@ -292,35 +292,3 @@ def continue_champion(recipes: dict[str, InitialRecipe], champion: Member | None
     return {member_id: recipe.model_copy(update={"init_from": champion.id})
             if recipe.role == "generalist" and recipe.init_from is None else recipe
             for member_id, recipe in recipes.items()}
-
-
-def summarize(journal: CycleJournal, evo: EvolutionSettings, *, base: Scores,
-              best_initial: Member, generations: list[GenerationResult], challenger: Member,
-              challenger_reason: str, specialist_merge: SpecialistMergeReport | None,
-              resumed: bool, wall_s_this_run: float) -> CycleSummary:
-    """The cycle's summary: each candidate's test accuracy, the gate's verdict, the time."""
-    from tasks.registry import get_alias, version_metrics
-
-    promotion: Promotion = journal.promotion
-    champion = get_alias(MlflowClient(), evo.registry_model_name, CHAMPION)
-    champion_metrics = version_metrics(champion) if champion else {}
-    return CycleSummary(
-        cycle_id=journal.cycle_id,
-        base=base.accuracy, base_hard=base.hard,
-        best_initial=best_initial.test.accuracy, best_initial_hard=best_initial.test.hard,
-        best_initial_id=best_initial.id,
-        generations=generations,
-        challenger=challenger.test.accuracy, challenger_hard=challenger.test.hard,
-        challenger_id=challenger.id, challenger_reason=challenger_reason,
-        champion=champion_metrics.get("test_accuracy", 0.0),
-        champion_hard=champion_metrics.get("test_accuracy_hard", 0.0),
-        champion_version=str(champion.version) if champion else None,
-        promoted=promotion.promoted, registry_version=promotion.version,
-        gate_reasons=promotion.reasons,
-        specialist_merge=specialist_merge,
-        started_from=journal.warm_start.id if journal.warm_start else None,
-        resumed=resumed,
-        wall_s=round(journal.worked_s, 1), wall_s_this_run=round(wall_s_this_run, 1),
-        evolution_gain=challenger.test.accuracy - best_initial.test.accuracy,
-        evolution_gain_hard=challenger.test.hard - best_initial.test.hard,
-    )

@@ -27,6 +27,7 @@ from tasks.records import (
     Member,
     Promotion,
     Scores,
+    SelfAttemptReport,
 )
 
 log = get_logger(__name__)
@@ -48,8 +49,20 @@ class CycleJournal(BaseModel):
     # Seconds worked by all runs of this cycle, up to each one's last saved step (a killed
     # run's time after that is lost, as is its unsaved work).
     work_s: float = 0.0
+    # The cycles finished before this one: tonight's training problems are drawn with it.
+    night: int = 0
+    # Tonight's generated and harvested rows, before the champion's attempts and the mix.
+    template_data: DataSplits | None = None
+    self_rows: Path | None = None
+    self_report: SelfAttemptReport | None = None
+    self_checked: bool = False
+    # The final splits: `train` is tonight's mix.
     data: DataSplits | None = None
     base_test: Scores | None = None
+    # The champion re-scored on this cycle's test set, when the registry had no outcomes of
+    # it on this test set (the frozen test set changed since it was promoted).
+    champion_test: Scores | None = None
+    champion_checked: bool = False
     # Trained and bred members by id, in the order they were made, with their scores.
     members: dict[str, Member] = Field(default_factory=dict)
     # The registry champion the generalist continues (warm start), decided once per cycle.
@@ -80,7 +93,7 @@ class CycleJournal(BaseModel):
             folder = cycles_dir / f"{cycle_id}-{suffix}"
             suffix += 1
         folder.mkdir(parents=True)
-        journal = cls(cycle_id=folder.name)
+        journal = cls(cycle_id=folder.name, night=cls.finished_cycles(cycles_dir))
         journal._folder = folder
         journal.save()
         return journal
@@ -103,6 +116,17 @@ class CycleJournal(BaseModel):
         journal._folder = folder
         journal._work_before_s = journal.work_s
         return journal
+
+    @staticmethod
+    def finished_cycles(cycles_dir: Path) -> int:
+        """How many cycles in `cycles_dir` finished."""
+        count = 0
+        for state in cycles_dir.glob(f"*/{STATE_FILE}"):
+            try:
+                count += json.loads(state.read_text()).get("status") == "done"
+            except (OSError, ValueError):
+                continue
+        return count
 
     @staticmethod
     def harvest_watermark(cycles_dir: Path) -> float | None:
@@ -130,7 +154,7 @@ class CycleJournal(BaseModel):
     @property
     def resumed(self) -> bool:
         """Whether an earlier run of this cycle finished any step."""
-        return self.data is not None
+        return self.template_data is not None or self.data is not None
 
     @property
     def worked_s(self) -> float:

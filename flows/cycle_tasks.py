@@ -79,7 +79,7 @@ def mix_in_serving_traces(settings: Settings, data: DataSplits, since: float | N
 
 
 @task(name="warm-start")
-def warm_start_member(settings: Settings, ctx: CycleContext) -> Member | None:
+def warm_start_member(settings: Settings, base_sha: str, adapters_dir: Path) -> Member | None:
     """The registry's champion, downloaded and verified, as the start of this cycle's
     generalist; None (a cold start from the base) without a champion, with warm starts
     off, or when the champion was trained on another base model."""
@@ -95,12 +95,12 @@ def warm_start_member(settings: Settings, ctx: CycleContext) -> Member | None:
     if champion is None:
         return None
     trained_on = version_genealogy(champion).get("base_model_sha256")
-    if trained_on not in (None, ctx.base_sha):
+    if trained_on not in (None, base_sha):
         log.warning("cycle.warm_start.skipped", version=str(champion.version),
                     reason="the champion was trained on another base model")
         return None
     member_id = f"champion-v{champion.version}"
-    dest = ctx.adapters_dir / member_id
+    dest = adapters_dir / member_id
     if not dest.is_dir():
         download_version(client, evo.registry_model_name, str(champion.version), dest)
     config = json.loads((dest / "adapter_config.json").read_text())
@@ -196,16 +196,62 @@ def breed_child(settings: Settings, ctx: CycleContext, child_id: str, generation
 @task(name="evaluate-member")
 def evaluate_member(settings: Settings, ctx: CycleContext, member: Member | None,
                     split: ScoredSplit) -> Scores:
-    """A member's (or the base model's, for None) scores on `split`."""
+    """A member's (or the base model's, for None) scores on `split`, with each problem's
+    outcome. The base model's are computed once per base, test set and engine: every night
+    would score it the same."""
     from tasks.data import load_split
     from tasks.evaluate import evaluate_adapters
 
+    cache = _base_cache(settings, ctx, split) if member is None else None
+    if cache is not None and cache.is_file():
+        return Scores.model_validate_json(cache.read_text())
     name = member.id if member else "base"
     results = evaluate_adapters(settings, ctx.model_path, list(load_split(ctx.data.path(split))),
                                 {name: member.adapter_dir if member else None}, split=split,
                                 tags=candidate_tags(ctx, member),
                                 parent_run_id=ctx.parent_run_id)
-    return Scores(split=split, metrics=results[name].metrics, run_id=results[name].run_id)
+    result = results[name]
+    scores = Scores(split=split, metrics=result.metrics, run_id=result.run_id,
+                    outcomes={str(row["id"]): bool(row["correct"]) for row in result.rows},
+                    split_hash=ctx.data.hashes.get(split))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(scores.model_dump_json())
+    return scores
+
+
+def _base_cache(settings: Settings, ctx: CycleContext, split: ScoredSplit) -> Path | None:
+    split_hash = ctx.data.hashes.get(split)
+    if split == "eval" or not split_hash:
+        return None  # the eval split is drawn anew with the training problems
+    key = (f"{settings.serving.engine}-{ctx.base_sha[:12]}-{split_hash[:12]}-"
+           f"{settings.model.max_new_tokens}")
+    return settings.paths.data_dir / "cache" / "base-scores" / f"{key}.json"
+
+
+@task(name="rescore-champion")
+def rescore_champion(settings: Settings, ctx: CycleContext, champion: Member) -> Scores | None:
+    """The registry champion's scores on this cycle's test set, when the registry holds no
+    outcomes of it on this test set (the frozen test set changed since it was promoted):
+    scored once, recorded on the version, so the gate pairs the challenger against it on
+    the same problems. None when the recorded ones already fit."""
+    from tasks.registry import get_alias
+    from tasks.registry.versions import record_test_scores, version_outcomes
+
+    client = MlflowClient()
+    name = settings.evolution.registry_model_name
+    version = get_alias(client, name, CHAMPION)
+    if version is None or f"champion-v{version.version}" != champion.id:
+        return None
+    recorded = version_outcomes(version)
+    if recorded is not None and recorded[0] == ctx.data.hashes["test"]:
+        return None
+    scores = evaluate_member.fn(settings, ctx, champion, "test")
+    record_test_scores(client, name, str(version.version), scores.metrics, scores.outcomes,
+                       ctx.data.hashes["test"])
+    log.info("cycle.champion_rescored", version=str(version.version),
+             accuracy=round(scores.accuracy, 3))
+    return scores
 
 
 @task(name="plan-generation")
@@ -254,10 +300,13 @@ def promote_challenger(settings: Settings, ctx: CycleContext,
     base_gguf = None
     if settings.serving.engine == "llamacpp":
         base_gguf = base_gguf_path(ctx.model_path, settings.model.gguf)
-    version = register_candidate(client, Candidate(challenger.id, challenger.adapter_dir, run_id,
-                                                   challenger.test.metrics, genealogy,
-                                                   base_gguf=base_gguf),
-                                 evo.registry_model_name)
+    metrics = {**challenger.test.metrics,
+               **(challenger.continuity.metrics if challenger.continuity else {})}
+    candidate = Candidate(challenger.id, challenger.adapter_dir, run_id, metrics, genealogy,
+                          base_gguf=base_gguf,
+                          outcomes=challenger.test.outcomes or None,
+                          split_hash=challenger.test.split_hash)
+    version = register_candidate(client, candidate, evo.registry_model_name)
     previous = get_alias(client, evo.registry_model_name, CHAMPION)
     decision = promote_if_better(client, evo.registry_model_name, version.version,
                                  margin=evo.promotion_margin,

@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evolora.vocabulary import CombinationType
 
-Split = Literal["train", "eval", "test"]
-ScoredSplit = Literal["eval", "test"]
+Split = Literal["train", "eval", "test", "continuity"]
+# `continuity`: the older, smaller frozen test set, still reported so numbers stay comparable
+# with earlier nights; the gate and the numbers a person reads use `test`.
+ScoredSplit = Literal["eval", "test", "continuity"]
 MAX_FINETUNE_STEPS = 50
 MAX_PARENTS = 4
 
@@ -44,6 +46,41 @@ class HarvestReport(Record):
     watermark: float | None = None
 
 
+class SelfAttemptReport(Record):
+    """What the champion's own sampled attempts gave (STaR / ReST-EM): per skill x level,
+    problems tried and solved by at least one verified attempt."""
+
+    champion: str
+    attempts_per_problem: int
+    problems: dict[str, int] = Field(default_factory=dict)
+    solved: dict[str, int] = Field(default_factory=dict)
+    verified_attempts: int = 0
+    attempts: int = 0
+    # Rows made: the champion's own verified traces, and program-written traces of the
+    # problems no attempt solved.
+    self_rows: int = 0
+    fallback_rows: int = 0
+    seconds: float = 0.0
+
+    def yield_of(self, cell: str) -> float:
+        """Share of a skill x level cell's problems solved by some verified attempt."""
+        tried = self.problems.get(cell, 0)
+        return self.solved.get(cell, 0) / tried if tried else 0.0
+
+
+class MixReport(Record):
+    """Tonight's training rows by source, their shares, and how diverse they are."""
+
+    rows: int
+    by_source: dict[str, int]
+    shares: dict[str, float]
+    # Left out by the caps, per source.
+    capped: dict[str, int] = Field(default_factory=dict)
+    by_skill_level: dict[str, int] = Field(default_factory=dict)
+    diversity: dict[str, float] = Field(default_factory=dict)
+    self_attempts: SelfAttemptReport | None = None
+
+
 class DataSplits(Record):
     """The splits a cycle trains, selects and is judged on, with their content hashes."""
 
@@ -57,9 +94,17 @@ class DataSplits(Record):
     report: dict[str, object] = Field(default_factory=dict)
     teacher: str = "none"
     harvest: HarvestReport | None = None
+    continuity_test_path: Path | None = None
+    # How tonight's training mix was composed (template, self, harvested, replay rows).
+    mix: MixReport | None = None
 
     def path(self, split: Split) -> Path:
         """The folder of one split."""
+        if split == "continuity":
+            if self.continuity_test_path is None:
+                raise ValueError("this cycle has no continuity test set "
+                                 "(data.continuity_test_per_skill is 0)")
+            return self.continuity_test_path
         return {"train": self.train_path, "eval": self.eval_path, "test": self.test_path}[split]
 
 
@@ -72,6 +117,10 @@ class Scores(Record):
     split: ScoredSplit
     metrics: dict[str, float]
     run_id: str | None = None
+    # Each problem's outcome (id -> solved), for paired comparisons on the same problems.
+    outcomes: dict[str, bool] = Field(default_factory=dict)
+    # The content hash of the split scored: outcomes compare only within one test set.
+    split_hash: str | None = None
 
     @property
     def accuracy(self) -> float:
@@ -148,6 +197,7 @@ class Member(Record):
     merge_rule: str | None = None
     eval: Scores | None = None
     test: Scores | None = None
+    continuity: Scores | None = None
 
     @property
     def fitness(self) -> float:
@@ -163,7 +213,7 @@ class Member(Record):
         return self.merge_rule is not None
 
     def scores(self, split: ScoredSplit) -> Scores | None:
-        return self.eval if split == "eval" else self.test
+        return {"eval": self.eval, "test": self.test, "continuity": self.continuity}[split]
 
     def with_scores(self, scores: Scores) -> Member:
         """A copy of this member carrying `scores` for their split."""
@@ -240,8 +290,8 @@ class GenerationResult(Record):
     survivors: list[str]
     best_id: str
     best_fitness: float
-    best: float
-    best_hard: float
+    # The best member's eval-split accuracy on the hard level.
+    best_fitness_hard: float = 0.0
     diversity: float
 
 
@@ -255,7 +305,8 @@ class Promotion(Record):
 
 
 class SpecialistMergeReport(Record):
-    """The specialists' composition against each of its parents, on the test set."""
+    """The specialists' composition against each of its parents, on the eval split, paired
+    on the same problems (`comparisons`: parent -> the merge's difference and its interval)."""
 
     id: str
     accuracy: float
@@ -263,6 +314,8 @@ class SpecialistMergeReport(Record):
     rule: str
     weights: list[float]
     beats_each_parent: bool
+    split: ScoredSplit = "eval"
+    comparisons: dict[str, str] = Field(default_factory=dict)
 
 
 class CycleSummary(Record):
@@ -298,6 +351,22 @@ class CycleSummary(Record):
     wall_s: float
     wall_s_this_run: float
     # What cross-over and mutation did this cycle: the challenger against the best initial
-    # member. The champion may be an older cycle's, if the gate refused.
+    # member, on the eval split (selection's problems). The champion may be an older
+    # cycle's, if the gate refused.
     evolution_gain: float
     evolution_gain_hard: float
+    # Every comparison a person reads, paired on the same problems with its 95% interval:
+    # "challenger g0-m0 vs champion v3 (test)" -> "+0.050 [+0.008, +0.092] (15 won, 3 lost of 240)".
+    comparisons: dict[str, str] = Field(default_factory=dict)
+    test_problems: int = 0
+    # The older, smaller frozen test set, still reported for continuity (None: not set up).
+    challenger_continuity: float | None = None
+    champion_continuity: float | None = None
+    # Training steps this cycle ran (members and continued-training mutations).
+    train_steps: int = 0
+    # Share of the champion's fresh problems one of its sampled attempts solved (None: no
+    # self-attempts this cycle), and tonight's mix by source.
+    self_yield: float | None = None
+    mix_rows: dict[str, int] = Field(default_factory=dict)
+    # The champion's test accuracy per level, skill and skill x level ("hard", "units_hard").
+    champion_groups: dict[str, float] = Field(default_factory=dict)

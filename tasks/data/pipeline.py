@@ -19,8 +19,10 @@ from tasks.records import DataSplits
 log = get_logger(__name__)
 
 
-def build_and_log_splits(settings: Settings, parent_run_id: str | None = None) -> DataSplits:
-    """Build (or reuse) the splits and log them to an MLflow `data` run.
+def build_and_log_splits(settings: Settings, parent_run_id: str | None = None,
+                         train_seed: int | None = None) -> DataSplits:
+    """Build (or reuse) the splits and log them to an MLflow `data` run (`train_seed`: see
+    `build_splits`).
 
     Returns each split's folder, content hash and row count, and the generation report
     (per-skill counts, drops by reason, diversity, teacher use).
@@ -35,11 +37,12 @@ def build_and_log_splits(settings: Settings, parent_run_id: str | None = None) -
                 embedded_threads=cpu_threads(settings.model.threads)))
             # build_splits asks the teacher for data.paraphrase_fraction of the questions.
             paraphrase = paraphraser_or_none(teacher)
-        bundle = build_splits(settings.data, settings.paths.data_dir, paraphrase=paraphrase)
+        bundle = build_splits(settings.data, settings.paths.data_dir, paraphrase=paraphrase,
+                              train_seed=train_seed)
         if paraphrase is not None:
             teacher_used = teacher.used or "none"
 
-    splits = {"train": bundle.train_path, "eval": bundle.eval_path, "test": bundle.test_path}
+    splits = dict(bundle.paths)
     report = bundle.report.to_dict() if hasattr(bundle.report, "to_dict") else {}
     rows: dict[str, int] = {}
     with start_step_run("data", parent_run_id, {STEP_TAG: "data",
@@ -47,11 +50,12 @@ def build_and_log_splits(settings: Settings, parent_run_id: str | None = None) -
         for name, path in splits.items():
             dataset = load_split(path)
             rows[name] = len(dataset)
-            context = {"train": "training", "eval": "validation", "test": "testing"}[name]
+            context = {"train": "training", "eval": "validation"}.get(name, "testing")
             log_dataset_to_mlflow(dataset, f"evolora-{name}", bundle.hashes[name], context)
         mlflow.log_metrics({f"rows_{name}": float(n) for name, n in rows.items()})
         mlflow.log_dict(report, "data_report.json")
     log.info("data.ready", rows=rows, teacher=teacher_used, test_hash=bundle.hashes["test"][:12])
     return DataSplits(train_path=bundle.train_path, eval_path=bundle.eval_path,
                       test_path=bundle.test_path, hashes=dict(bundle.hashes), rows=rows,
-                      report=report, teacher=teacher_used)
+                      report=report, teacher=teacher_used,
+                      continuity_test_path=bundle.paths.get("continuity"))

@@ -64,25 +64,45 @@ class SplitBundle:
         return SplitsReport(self.reports, self.test_reused)
 
 
-def _test_spec(data: DataSettings) -> dict[str, Any]:
-    # Everything that decides the test set's content: a different spec is a different test set.
+def _test_spec(data: DataSettings, per_skill: int, seed: int) -> dict[str, Any]:
+    # Everything that decides a test set's content: a different spec is a different test set.
     return {
         "format_version": FORMAT_VERSION,
         "skills": list(data.skills),
-        "test_per_skill": data.test_per_skill,
-        "test_seed": data.test_seed,
+        "test_per_skill": per_skill,
+        "test_seed": seed,
         "hard_fraction": data.hard_fraction,
     }
 
 
-def build_splits(
-    data: DataSettings, data_dir: Path, paraphrase: Paraphraser | None = None
-) -> SplitBundle:
-    """Train, eval and the frozen test split, saved under `data_dir/datasets/`.
+def _frozen_test_split(
+    data: DataSettings, root: Path, per_skill: int, seed: int, tools: dict[str, Tool]
+) -> tuple[Path, str, GenerationReport, bool]:
+    """A frozen test split of this spec: the saved one (checked), or generated once and saved.
+    Returns its folder, content hash, generation report and whether it was reused."""
+    spec = _test_spec(data, per_skill, seed)
+    path, content_hash = _find_test_split(root, spec)
+    report = GenerationReport(split="test")
+    if path is not None and content_hash is not None:
+        return path, content_hash, report, True
+    rows = _generate_split(data, "test", per_skill, seed, None, tools, report)
+    path, content_hash = save_split(root, "test", rows, {"spec": spec,
+                                                         "report": report.to_dict()})
+    return path, content_hash, report, False
 
-    The test split is reused when a saved one with the same spec exists (its content hash
+
+def build_splits(
+    data: DataSettings, data_dir: Path, paraphrase: Paraphraser | None = None,
+    train_seed: int | None = None,
+) -> SplitBundle:
+    """Train, eval and the frozen test split (and the continuity test split, when
+    configured), saved under `data_dir/datasets/`.
+
+    A test split is reused when a saved one with the same spec exists (its content hash
     must check out, else `TestSetCorruptedError`); it never sees the teacher, so it does not
-    depend on which teacher ran. Train and eval never contain a test question.
+    depend on which teacher ran. Train and eval never contain a test question. `train_seed`
+    (default `data.seed`) draws the training problems: each night of a cycle passes its own,
+    so nights train on fresh problems while eval stays drawn from `data.seed`.
     """
     unknown = [skill for skill in data.skills if skill not in SKILLS]
     if unknown:
@@ -93,44 +113,46 @@ def build_splits(
     root.mkdir(parents=True, exist_ok=True)
     tools = default_tools()
 
-    test_path, test_hash = _find_test_split(root, _test_spec(data))
-    test_reused = test_path is not None
-    test_report = GenerationReport(split="test")
-    if test_path is None:
-        rows = _generate_split(
-            data, "test", data.test_per_skill, data.test_seed, None, tools, test_report
-        )
-        extra = {"spec": _test_spec(data), "report": test_report.to_dict()}
-        test_path, test_hash = save_split(root, "test", rows, extra)
+    test_path, test_hash, test_report, test_reused = _frozen_test_split(
+        data, root, data.test_per_skill, data.test_seed, tools)
     test = load_split(test_path)
-    test_questions = list(test["question"])
+    held_out = list(test["question"])
+    continuity_path = None
+    if data.continuity_test_per_skill:
+        continuity_path, continuity_hash, _report, _reused = _frozen_test_split(
+            data, root, data.continuity_test_per_skill, data.continuity_test_seed, tools)
+        held_out += list(load_split(continuity_path)["question"])
 
     train_report = GenerationReport(split="train")
     train_rows = _generate_split(
-        data, "train", data.train_per_skill, data.seed, paraphrase, tools, train_report
+        data, "train", data.train_per_skill, data.seed if train_seed is None else train_seed,
+        paraphrase, tools, train_report
     )
-    train_rows = deduplicate(train_rows, train_report, against=test_questions)
+    train_rows = deduplicate(train_rows, train_report, against=held_out)
     eval_report = GenerationReport(split="eval")
     eval_rows = _generate_split(
         data, "eval", data.eval_per_skill, data.seed, None, tools, eval_report
     )
     eval_rows = deduplicate(
-        eval_rows, eval_report, against=[*test_questions, *(r["question"] for r in train_rows)]
+        eval_rows, eval_report, against=[*held_out, *(r["question"] for r in train_rows)]
     )
     # The guarantee the whole evaluation rests on, checked on what is about to be saved.
-    overlap = {normalize_question(q) for q in test_questions} & {
+    overlap = {normalize_question(q) for q in held_out} & {
         normalize_question(r["question"]) for r in train_rows
     }
     assert not overlap, f"train and test share questions: {sorted(overlap)[:3]}"
 
     paths = {"test": test_path}
     hashes = {"test": str(test_hash)}
+    if continuity_path is not None:
+        paths["continuity"], hashes["continuity"] = continuity_path, continuity_hash
     for name, rows, report in (
         ("train", train_rows, train_report),
         ("eval", eval_rows, eval_report),
     ):
         _recount(report, rows)
-        extra = {"seed": data.seed, "report": report.to_dict()}
+        seed = data.seed if name == "eval" or train_seed is None else train_seed
+        extra = {"seed": seed, "report": report.to_dict()}
         paths[name], hashes[name] = save_split(root, name, rows, extra)
     return SplitBundle(
         train=load_split(paths["train"]),

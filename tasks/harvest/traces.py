@@ -109,9 +109,14 @@ def harvest_traces(
     return rows, report
 
 
-def trace_to_row(trace: Mapping[str, Any], tools: Mapping[str, Tool]
+def trace_to_row(trace: Mapping[str, Any], tools: Mapping[str, Tool], *,
+                 skill: str | None = None, source: str = HARVEST_SOURCE
                  ) -> tuple[dict[str, Any] | None, str | None]:
-    """(row, None) for a trace that renders to a verified training row, else (None, reason)."""
+    """(row, None) for a trace that renders to a verified training row, else (None, reason).
+
+    `skill` (default: the skill of the last tool used) labels the row, for a trace of a
+    problem whose skill is known (the champion's own attempts).
+    """
     question = trace.get("question")
     final_answer = trace.get("final_answer")
     steps = trace.get("steps")
@@ -138,11 +143,11 @@ def trace_to_row(trace: Mapping[str, Any], tools: Mapping[str, Tool]
         calls.append((thought, ToolCall(tool, argument), observation))
     question = " ".join(question.split())
     level = "easy" if len(calls) == 1 else "hard"
-    skill = TOOL_SKILLS.get(calls[-1][1].tool)
+    skill = skill or TOOL_SKILLS.get(calls[-1][1].tool)
     if skill is None:
         return None, "unknown tool"
     row = {
-        "id": f"{HARVEST_SOURCE}-{skill}-{level}-{trace['id']}",
+        "id": f"{source}-{skill}-{level}-{trace['id']}",
         "skill": skill,
         "level": level,
         "question": question,
@@ -154,7 +159,7 @@ def trace_to_row(trace: Mapping[str, Any], tools: Mapping[str, Tool]
         ],
         "tool_calls": [{"tool": call.tool, "argument": call.argument, "observation": obs}
                        for _, call, obs in calls],
-        "source": HARVEST_SOURCE,
+        "source": source,
     }
     problems = validate_row(row)
     if problems:

@@ -18,6 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from evolora.vocabulary import CHAMPION, PREVIOUS, REGISTERED_MODEL_NAME
+from tasks.paired import OVERALL_GROUP, PairedComparison, compare_by_group, groups_from_ids
 from tasks.registry.versions import (
     GATE_AT_TAG,
     GATE_CHAMPION_TAG,
@@ -31,6 +32,7 @@ from tasks.registry.versions import (
     get_version,
     verify_version,
     version_metrics,
+    version_outcomes,
 )
 
 # Float noise must not decide a promotion: 0.3 - 0.2 is 0.0999..., which is a 0.1 margin.
@@ -57,10 +59,17 @@ class GateDecision:
 
 def gate(challenger_metrics: dict[str, float], champion_metrics: dict[str, float] | None, *,
          margin: float, tolerance: float, challenger: str = "challenger",
-         champion: str | None = None) -> GateDecision:
+         champion: str | None = None,
+         paired: dict[str, PairedComparison] | None = None) -> GateDecision:
     """Promote iff overall test accuracy beats the champion's by `margin` (ties count when
-    the margin is 0) and no per-skill / per-level test accuracy drops by more than
-    `tolerance`. No champion yet: promote. Pure: no I/O."""
+    the margin is 0) and no skill or level got worse. No champion yet: promote. Pure: no I/O.
+
+    With `paired` (the challenger against the champion problem by problem on the same test
+    set, by group: `overall`, levels, skills, skill x level) the overall difference is the
+    paired one, and a skill or level is worse when its 95% interval lies below zero: at 40
+    problems a skill's raw fraction moves by 0.1 between two runs of one config. Without
+    it (a champion scored on another test set), a per-skill / per-level accuracy must not
+    drop by more than `tolerance`."""
     if champion_metrics is None:
         champion = None
     if OVERALL not in challenger_metrics:
@@ -82,6 +91,8 @@ def gate(challenger_metrics: dict[str, float], champion_metrics: dict[str, float
                                     "promote with --force if this is intended"],
                             challenger, champion, margin)
 
+    if paired and OVERALL_GROUP in paired:
+        return _paired_gate(paired, margin=margin, challenger=challenger, champion=champion)
     reasons: list[str] = []
     deltas = {OVERALL: challenger_metrics[OVERALL] - champion_metrics[OVERALL]}
     if deltas[OVERALL] < margin - _EPS:
@@ -107,6 +118,40 @@ def gate(challenger_metrics: dict[str, float], champion_metrics: dict[str, float
                                f"{champion_metrics[OVERALL]:.3f} ({deltas[OVERALL]:+.3f}, margin "
                                f"+{margin:.3f}); no skill fell more than {tolerance:.3f}"],
                         challenger, champion, margin, deltas)
+
+
+def _paired_gate(paired: dict[str, PairedComparison], *, margin: float, challenger: str,
+                 champion: str | None) -> GateDecision:
+    overall = paired[OVERALL_GROUP]
+    deltas = {OVERALL if label == OVERALL_GROUP else f"{OVERALL}_{label}": c.delta
+              for label, c in paired.items()}
+    reasons: list[str] = []
+    if overall.delta < margin - _EPS:
+        reasons.append(f"{OVERALL} {overall.b_correct}/{overall.n} vs champion "
+                       f"{overall.a_correct}/{overall.n}: {overall.describe()} is below the "
+                       f"margin of +{margin:.3f}")
+    worse = [c for label, c in sorted(paired.items())
+             if label != OVERALL_GROUP and c.significantly_worse]
+    reasons += [f"{c.describe()}: significantly worse than the champion (95% interval below "
+                "0)" for c in worse]
+    if reasons:
+        return GateDecision(False, reasons, challenger, champion, margin, deltas)
+    return GateDecision(True, [f"{OVERALL} {overall.b_correct}/{overall.n} vs champion "
+                               f"{overall.a_correct}/{overall.n}: {overall.describe()}, paired on "
+                               f"the same problems (margin +{margin:.3f}); no skill or level "
+                               "significantly worse (95%)"],
+                        challenger, champion, margin, deltas)
+
+
+def paired_with_champion(challenger: ModelVersion, champion: ModelVersion | None
+                         ) -> dict[str, PairedComparison] | None:
+    """The challenger against the champion problem by problem, by group, when both were
+    scored on the same test set (their recorded outcomes); else None."""
+    mine = version_outcomes(challenger)
+    theirs = version_outcomes(champion) if champion is not None else None
+    if mine is None or theirs is None or mine[0] != theirs[0]:
+        return None
+    return compare_by_group(theirs[1], mine[1], groups_from_ids(mine[1]))
 
 
 # --- aliases: promote and roll back -----------------------------------------------------------
@@ -177,7 +222,8 @@ def _judge(client: MlflowClient, model_name: str, version: str, *, margin: float
     decision = gate(version_metrics(challenger),
                     version_metrics(champion) if champion is not None else None,
                     margin=margin, tolerance=tolerance, challenger=_label(challenger) or "",
-                    champion=_label(champion))
+                    champion=_label(champion),
+                    paired=paired_with_champion(challenger, champion))
     return challenger, champion, decision, False
 
 

@@ -43,9 +43,14 @@ GATE_REASONS_TAG = "evolora.gate.reasons"
 GATE_CHAMPION_TAG = "evolora.gate.champion"
 GATE_AT_TAG = "evolora.gate.at"
 ROLLBACK_TAG = "evolora.rolled_back_to_at"
+# Each test problem's outcome ({"split_hash": ..., "outcomes": {id: solved}}): what the gate
+# pairs a challenger against, problem by problem. Registry tag values hold 100,000 characters,
+# about 2,500 problems.
+OUTCOMES_TAG = "evolora.test_outcomes"
 # Tag names the registry writes itself: a genealogy key must not shadow them.
 _RESERVED = tuple(tag.removeprefix(TAG_PREFIX) for tag in (
-    SHA_PREFIX, METRIC_PREFIX, CANDIDATE_TAG, JSON_KEYS_TAG, GATE_TAG, ROLLBACK_TAG))
+    SHA_PREFIX, METRIC_PREFIX, CANDIDATE_TAG, JSON_KEYS_TAG, GATE_TAG, ROLLBACK_TAG,
+    OUTCOMES_TAG))
 
 
 class RegistryError(RuntimeError):
@@ -76,7 +81,9 @@ class Candidate:
     # The base model's GGUF: when set, the version also carries the adapter as GGUF LoRA
     # (`adapter.gguf`, what the llama.cpp engine and `evolora export ollama` load).
     base_gguf: Path | None = None
-
+    # Each test problem's outcome and the test set's content hash (for the paired gate).
+    outcomes: dict[str, bool] | None = None
+    split_hash: str | None = None
 
 
 # --- checksums ------------------------------------------------------------------------------
@@ -114,6 +121,37 @@ def version_metrics(version: ModelVersion) -> dict[str, float]:
     """The version's test-set metrics (`test_accuracy`, `test_accuracy_<skill>`, ...)."""
     return {k.removeprefix(METRIC_PREFIX): float(v) for k, v in version.tags.items()
             if k.startswith(METRIC_PREFIX)}
+
+
+def version_outcomes(version: ModelVersion) -> tuple[str, dict[str, bool]] | None:
+    """(test set hash, problem id -> solved) the version was scored with, if recorded."""
+    raw = version.tags.get(OUTCOMES_TAG)
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return str(data["split_hash"]), {k: bool(v) for k, v in data["outcomes"].items()}
+
+
+def outcomes_tag(split_hash: str, outcomes: dict[str, bool]) -> str:
+    """The OUTCOMES_TAG value: compact JSON, solved as 1 / 0."""
+    return json.dumps({"split_hash": split_hash,
+                       "outcomes": {k: int(v) for k, v in sorted(outcomes.items())}},
+                      separators=(",", ":"))
+
+
+def record_test_scores(client: MlflowClient, model_name: str, version: str,
+                       metrics: dict[str, float], outcomes: dict[str, bool],
+                       split_hash: str) -> None:
+    """Replace a version's test metrics and outcomes with a scoring on another test set
+    (the champion, re-scored once when the frozen test set changes)."""
+    current = client.get_model_version(model_name, version)
+    for tag in [t for t in current.tags if t.startswith(METRIC_PREFIX)]:
+        client.delete_model_version_tag(model_name, version, tag)
+    for name, value in metrics.items():
+        client.set_model_version_tag(model_name, version, f"{METRIC_PREFIX}{name}",
+                                     repr(float(value)))
+    client.set_model_version_tag(model_name, version, OUTCOMES_TAG,
+                                 outcomes_tag(split_hash, outcomes))
 
 
 def version_genealogy(version: ModelVersion) -> dict[str, Any]:
@@ -248,6 +286,8 @@ def _version_tags(candidate: Candidate, checksums: dict[str, str]) -> dict[str, 
     tags.update({f"{SHA_PREFIX}{name}": sha for name, sha in checksums.items()})
     tags.update({f"{METRIC_PREFIX}{name}": repr(float(value))
                  for name, value in candidate.metrics.items()})
+    if candidate.outcomes is not None and candidate.split_hash:
+        tags[OUTCOMES_TAG] = outcomes_tag(candidate.split_hash, candidate.outcomes)
     return tags
 
 

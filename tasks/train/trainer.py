@@ -98,6 +98,36 @@ class StepProgress(TrainerCallback):
         log.debug("train.step", step=state.global_step, **(logs or {}))
 
 
+# Architectures whose logits are exactly `lm_head(last hidden state)`, with a final soft cap
+# where their config sets one: the completion-only loss below may compute them itself.
+PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3"}
+
+
+def completion_loss(causal_lm: Any, inputs: dict[str, Any],
+                    num_items_in_batch: Any = None) -> Any:
+    """The causal-LM loss on the labelled (completion) tokens, with the vocabulary head run
+    on those positions only.
+
+    The prompt is ~half of each example's tokens and its labels are -100; the model's own
+    forward still projects every position onto the 49k-token vocabulary and keeps those
+    logits for backward. Running the head where a label is cuts that part of a CPU step;
+    the loss and its gradients are the model's own (a test checks both).
+    """
+    body = {k: v for k, v in inputs.items() if k in {"input_ids", "attention_mask",
+                                                     "position_ids"}}
+    hidden = causal_lm.get_decoder()(**body).last_hidden_state
+    labels = inputs["labels"][:, 1:]
+    keep = labels != -100
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    total = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
+    if num_items_in_batch is not None:
+        return total / num_items_in_batch
+    return total / keep.sum().clamp(min=1)
+
+
 def _lean_trainer_class() -> type:
     from transformers import Trainer
     from trl import SFTTrainer
@@ -107,13 +137,23 @@ def _lean_trainer_class() -> type:
 
         TRL's own loss path also computes per-token entropy and top-1 accuracy over the
         49k-vocabulary head for its logs: ~9% of a CPU step (bench/train.py). The labels
-        already mask the prompt (-100), so the loss is the same completion-only loss.
+        already mask the prompt (-100), so the loss is the same completion-only loss; for
+        plain-head architectures the head runs on the completion positions only
+        (`completion_loss`).
         """
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             wanted = {"input_ids", "attention_mask", "labels", "position_ids"}
             lean = {k: v for k, v in inputs.items() if k in wanted}
+            causal_lm = self.accelerator.unwrap_model(model)
+            if hasattr(causal_lm, "get_base_model"):
+                causal_lm = causal_lm.get_base_model()
+            if (not return_outputs and "labels" in lean
+                    and causal_lm.config.model_type in PLAIN_HEAD_MODELS):
+                # Normalised over the accumulated batch only when the Trainer counts on it.
+                scaled = num_items_in_batch if self.model_accepts_loss_kwargs else None
+                return completion_loss(causal_lm, lean, scaled)
             return Trainer.compute_loss(self, model, lean, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
