@@ -222,3 +222,34 @@ def test_a_sharded_checkpoint_is_counted_from_its_index(tmp_path: Path,
     # A shard missing: not counted as a smaller model.
     next((tmp_path / "sharded").glob("model-00001-*.safetensors")).unlink()
     assert count_checkpoint_params(tmp_path / "sharded") is None
+
+
+def test_bench_plan_only_lists_every_shape_and_budget_within_budget() -> None:
+    """What `bench/vram.py --plan-only` prints (its own function, on the laptop profile)."""
+    import importlib.util
+
+    from evolora.paths import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_vram", PROJECT_ROOT / "bench/vram.py")
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    entries = [bench.plan_entry(name, budget, "laptop-6gb")
+               for name in bench.MODELS for budget in (4.0, 6.0)]
+    assert [(e["model"], e["budget_gib"]) for e in entries] == [
+        (name, budget) for name in ("smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b",
+                                    "qwen2.5-3b", "qwen2.5-7b") for budget in (4.0, 6.0)]
+    assert {(e["max_length"], e["rank"], e["targets"]) for e in entries} == {(320, 16, 7)}
+    measured_over = {(m[0].replace("qwen2-", "qwen2.5-"), float(m[1]), m[2], m[4])
+                     for m in MEASURED if m[6] + 0.5 > m[1]}
+    for entry in entries:
+        key = (entry["model"], entry["budget_gib"], entry["micro_batch"],
+               entry["checkpointing"])
+        if entry["fits"]:
+            assert entry["estimate_gib"] <= entry["usable_gib"] < entry["budget_gib"]
+            assert key not in measured_over
+        else:  # refused, and it says how far off it is
+            assert entry["estimate_gib"] is None and "GiB budget" in entry["reason"]
+    fitting = {(e["model"], e["budget_gib"]) for e in entries if e["fits"]}
+    assert fitting == {("smollm2-135m", 4.0), ("smollm2-135m", 6.0), ("qwen2.5-0.5b", 4.0),
+                       ("qwen2.5-0.5b", 6.0), ("qwen2.5-1.5b", 6.0), ("qwen2.5-3b", 6.0)}

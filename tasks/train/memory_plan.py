@@ -215,15 +215,15 @@ def usable_bytes(train: TrainSettings, device: str, available_bytes: float | Non
 
 
 def plan_training(train: TrainSettings, shape: ModelShape, device: str,
-                  available_bytes: float | None = None, *, max_length: int | None = None
-                  ) -> TrainPlan:
+                  available_bytes: float | None = None, *, max_length: int | None = None,
+                  precision: Precision | None = None) -> TrainPlan:
     """The largest micro-batch (checkpointing only if needed) that fits the budget.
 
     On CUDA the budget is `train.vram_budget_gb` less `train.vram_safety_margin`; on CPU it
-    is the RAM available now.
+    is the RAM available now. `precision` plans for another machine's (default: this one's).
     """
     quantization = resolve_quantization(train, device)
-    precision = _mixed_precision(device)
+    precision = precision or _mixed_precision(device)
     max_length = max_length or train.max_length
     budget, usable = usable_bytes(train, device, available_bytes)
     effective = train.batch_size or DEFAULT_EFFECTIVE_BATCH
