@@ -18,7 +18,7 @@ import httpx
 import pytest
 from support.serving import save_tiny_adapter, serving_settings
 
-from engines.transformers_runtime import EngineOutOfMemory, ModelRuntime
+from engines.transformers_runtime import EngineOutOfMemory, ModelRuntime, inference_quantization
 from serving.app import create_app
 from serving.local_server import running_server
 
@@ -83,3 +83,13 @@ def test_repeated_out_of_memory_moves_the_engine_to_the_cpu(tiny_model_dir: Path
     assert engine.generate([prompt], max_new_tokens=6, adapter="v1") == reference.generate(
         [prompt], max_new_tokens=6, adapter="v1")
     assert not engine.can_fall_back  # nothing lighter is left
+    engine.close()  # the evaluation's engine gives its memory back before the next training
+    assert engine.model is None
+
+
+def test_the_base_is_evaluated_and_served_as_it_was_trained_on_cuda() -> None:
+    assert inference_quantization("auto", "cuda") == "nf4"  # auto trained NF4 QLoRA there
+    assert inference_quantization("nf4", "cuda") == "nf4"
+    assert inference_quantization("int8", "cuda") == "int8"
+    assert inference_quantization("none", "cuda") == "none"
+    assert inference_quantization("nf4", "cpu") == "none"  # 4-bit kernels are slow on a CPU

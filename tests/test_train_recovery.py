@@ -125,3 +125,30 @@ def test_out_of_memory_with_no_fallback_left_fails_and_leaves_no_adapter(
     runs = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("evolora").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.gpu
+def test_a_real_cuda_out_of_memory_is_recovered_within_the_cap(
+    tiny_settings: Settings, rows: Any
+) -> None:
+    """On a CUDA machine: the allocator capped at 256 MiB, micro-batch 8 of the 49k-vocabulary
+    logits (~0.6 GB) runs out of memory for real, and the run finishes on a smaller plan."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    settings = with_train(tiny_settings, quantization="nf4", batch_size=8, max_steps=3,
+                          logging_steps=1)
+    setup_mlflow(settings)
+    cap = 256 * 2**20
+    torch.cuda.set_per_process_memory_fraction(
+        cap / torch.cuda.get_device_properties(0).total_memory)
+    try:
+        result = train_adapter(settings, settings.model.base, rows,
+                               settings.paths.data_dir / "adapters", "cuda-oom")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert result.plan.device == "cuda" and result.plan.micro_batch < 8
+    assert result.oom_fallbacks and result.oom_fallbacks[0]["change"].startswith("micro_batch")
+    assert result.metrics["peak_vram_reserved_mb"] <= 256
+    assert verify_adapter_files(result.adapter_dir) == []
