@@ -357,12 +357,6 @@ def verify_adapter_files(adapter_dir: Path) -> list[str]:
     return bad
 
 
-def _count_params_from_config(model_path: str) -> int:
-    """Parameter count from the safetensors headers (one file or shards), else the config."""
-    config = AutoConfig.from_pretrained(model_path)
-    return model_param_counts(model_path, config).total
-
-
 def model_shape(model_path: str) -> ModelShape:
     """The planner's view of the base at `model_path`, read without loading its weights."""
     config = AutoConfig.from_pretrained(model_path)
