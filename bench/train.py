@@ -7,7 +7,8 @@ process (so each peak RSS is its own). Prints one JSON object:
 
     {"ours": {...}, "plain": {...}, "speedup": ours_tokens_per_s / plain_tokens_per_s}
 
-Tokens counted are the real (non-padding) tokens each path fed through the model.
+Tokens counted are the real (non-padding) tokens each path fed through the model, over the
+steps after the first 2 (warm-up) when there are more than 2.
 
     .venv/bin/python bench/train.py --config demo --steps 8
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 BATCH = 8
+WARMUP_STEPS = 2  # tasks/train/callbacks.TIMING_WARMUP_STEPS: both sides time the steps after
 
 
 def run_ours(config: str, steps: int, rows: int, out: Path) -> dict[str, Any]:
@@ -91,7 +93,10 @@ def run_plain(config: str, steps: int, rows: int, out: Path) -> dict[str, Any]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tokens = 0
     started = time.perf_counter()
+    timed_from = (started, 0)  # ours times tokens/s after 2 warm-up steps: so does this side
     for step in range(steps):
+        if step == WARMUP_STEPS:
+            timed_from = (time.perf_counter(), tokens)
         batch = [examples[(step * BATCH + i) % len(examples)] for i in range(BATCH)]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
@@ -103,9 +108,10 @@ def run_plain(config: str, steps: int, rows: int, out: Path) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad()
         tokens += int(mask.sum())
-    wall = time.perf_counter() - started
-    return {"tokens_per_s": tokens / wall, "wall_s": wall, "train_wall_s": wall,
-            "final_loss": float(loss)}
+    now = time.perf_counter()
+    wall = now - started
+    return {"tokens_per_s": (tokens - timed_from[1]) / (now - timed_from[0]), "wall_s": wall,
+            "train_wall_s": wall, "final_loss": float(loss)}
 
 
 def _model_path(settings: Any) -> str:

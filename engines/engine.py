@@ -114,10 +114,15 @@ def open_engine(settings: Settings, model_path: str, *, slots: int | None = None
                 adapters: Mapping[str, Path] | None = None) -> InferenceEngine:
     """The configured engine (`serving.engine`) on the prepared base at `model_path`, with
     `adapters` (name -> PEFT folder) attached."""
-    from engines.transformers_runtime import ModelRuntime
+    from engines.transformers_runtime import ModelRuntime, inference_quantization, pick_device
 
     if settings.serving.engine == "transformers":
-        runtime = ModelRuntime.load(model_path, settings.model.dtype)
+        device = pick_device()
+        runtime = ModelRuntime.load(
+            model_path, settings.model.dtype, device,
+            inference_quantization(settings.train.quantization, device),
+            oom_fallback_after=settings.serving.oom_cpu_fallback_after,
+            fault_oom_calls=frozenset(settings.serving.fault_oom_requests))
         for name, adapter_dir in (adapters or {}).items():
             runtime.attach(name, adapter_dir)
         return runtime

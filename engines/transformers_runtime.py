@@ -4,9 +4,11 @@ and batched text generation that stops where the ReAct format says a tool must r
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,13 +65,49 @@ def runtime_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def load_base_model(model_path: str, dtype: str = "bfloat16", device: str | None = None) -> Any:
+def inference_quantization(train_quantization: str, device: str) -> str:
+    """How evaluation and serving load the base: as training did on CUDA (NF4 for `auto` and
+    `nf4`, 8-bit for `int8`), so a base that only fits the card in 4-bit is scored and
+    served on it too; unquantised on a CPU (4-bit kernels there are slower than float32)."""
+    if device != "cuda":
+        return "none"
+    return "nf4" if train_quantization == "auto" else train_quantization
+
+
+def load_base_model(model_path: str, dtype: str = "bfloat16", device: str | None = None,
+                    quantization: str = "none") -> Any:
     """The base causal LM in eval mode on `device` (default: CUDA if present), in `dtype`
-    where the device computes it natively (`runtime_dtype`)."""
+    where the device computes it natively (`runtime_dtype`); `nf4` or `int8` loads its
+    linear layers quantised by bitsandbytes (the rest in `dtype`)."""
     device = device or pick_device()
     dtype = runtime_dtype(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    if quantization in ("nf4", "int8"):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=kwargs["dtype"])
+            if quantization == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
+        if device == "cuda":
+            kwargs["device_map"] = {"": 0}
+        # A quantised model is placed at load time; `.to()` is refused for it.
+        return AutoModelForCausalLM.from_pretrained(model_path, **kwargs).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     return model.to(device).eval()
+
+
+class EngineOutOfMemory(RuntimeError):
+    """A generation ran out of GPU memory; the engine freed what it held and goes on
+    (on the CPU after `oom_fallback_after` in a row)."""
+
+
+def free_gpu_memory() -> None:
+    """Collect what dropped references held and return the allocator's cache to the driver."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class ChatText:
@@ -103,13 +141,26 @@ class ModelRuntime(ChatText):
     active: str = BASE_ADAPTER
     adapters: dict[str, str] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    quantization: str = "none"
+    # Out of GPU memory: free and answer EngineOutOfMemory; after this many in a row, move
+    # to the CPU. `fault_oom_calls` (fault injection) are generation numbers that raise it.
+    oom_fallback_after: int = 3
+    fault_oom_calls: frozenset[int] = frozenset()
+    generations: int = 0
+    consecutive_oom: int = 0
+    cpu_fallbacks: int = 0
 
     @classmethod
-    def load(cls, model_path: str, dtype: str = "bfloat16", device: str | None = None
-             ) -> ModelRuntime:
-        """Load the base model and tokenizer from a folder (or hub id when online)."""
-        return cls(load_base_model(model_path, dtype, device), load_tokenizer(model_path),
-                   model_path)
+    def load(cls, model_path: str, dtype: str = "bfloat16", device: str | None = None,
+             quantization: str = "none", **oom_policy: Any) -> ModelRuntime:
+        """Load the base model and tokenizer from a folder (or hub id when online);
+        `oom_policy`: `oom_fallback_after`, `fault_oom_calls`."""
+        device = device or pick_device()
+        return cls(load_base_model(model_path, dtype, device, quantization),
+                   load_tokenizer(model_path), model_path, dtype=dtype, device=device,
+                   quantization=quantization, **oom_policy)
 
     engine_name = "transformers"
 
@@ -176,11 +227,12 @@ class ModelRuntime(ChatText):
             batch = self.tokenizer(prompts, return_tensors="pt", padding=True,
                                    add_special_tokens=False).to(self.model.device)
             kwargs = self._generation_kwargs(max_new_tokens, stop, temperature, top_p)
-            if self.active == BASE_ADAPTER and self.adapters:
-                with self.model.disable_adapter():
+            with self._out_of_memory_guard():
+                if self.active == BASE_ADAPTER and self.adapters:
+                    with self.model.disable_adapter():
+                        output = self.model.generate(**batch, **kwargs)
+                else:
                     output = self.model.generate(**batch, **kwargs)
-            else:
-                output = self.model.generate(**batch, **kwargs)
             new_tokens = output[:, batch["input_ids"].shape[1]:]
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [cut_at_stop(text, stop or []) for text in texts]
@@ -247,11 +299,12 @@ class ModelRuntime(ChatText):
             kwargs["streamer"] = streamer
             if stopping_criteria is not None:
                 kwargs["stopping_criteria"] = stopping_criteria
-            if self.active == BASE_ADAPTER and self.adapters:
-                with self.model.disable_adapter():
+            with self._out_of_memory_guard():
+                if self.active == BASE_ADAPTER and self.adapters:
+                    with self.model.disable_adapter():
+                        self.model.generate(**batch, **kwargs)
+                else:
                     self.model.generate(**batch, **kwargs)
-            else:
-                self.model.generate(**batch, **kwargs)
 
     def _generation_kwargs(self, max_new_tokens: int, stop: list[str] | None,
                            temperature: float, top_p: float) -> dict[str, Any]:
@@ -267,8 +320,60 @@ class ModelRuntime(ChatText):
             kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
         return kwargs
 
+    @contextmanager
+    def _out_of_memory_guard(self) -> Iterator[None]:
+        """Around one generation (the lock held): an out-of-memory error frees the GPU and
+        becomes EngineOutOfMemory; `oom_fallback_after` of them in a row move to the CPU."""
+        self.generations += 1
+        error = ""
+        try:
+            if self.generations in self.fault_oom_calls:
+                raise torch.cuda.OutOfMemoryError(
+                    f"CUDA out of memory (injected by serving.fault_oom_requests at "
+                    f"generation {self.generations})")
+            yield
+        except torch.cuda.OutOfMemoryError as exc:
+            error = str(exc).splitlines()[0]  # the generation's frames go with `exc`
+        if not error:
+            self.consecutive_oom = 0
+            return
+        self.consecutive_oom += 1
+        free_gpu_memory()
+        log.warning("engine.out_of_memory", generation=self.generations, error=error,
+                    consecutive=self.consecutive_oom, device=self.device)
+        if self.consecutive_oom >= self.oom_fallback_after and self.can_fall_back:
+            self.fall_back_to_cpu()
+        raise EngineOutOfMemory(error)
+
+    @property
+    def can_fall_back(self) -> bool:
+        """Whether a lighter CPU copy exists: the base is on a GPU, or quantised."""
+        return self.device != "cpu" or self.quantization != "none"
+
+    def fall_back_to_cpu(self) -> None:
+        """Reload the base on the CPU, unquantised, with every adapter attached again (the
+        active one stays active); the GPU copy is freed."""
+        with self.lock:
+            adapters, active = dict(self.adapters), self.active
+            self.model = None
+            free_gpu_memory()
+            self.model = load_base_model(self.model_path, self.dtype, "cpu")
+            self.device, self.quantization = "cpu", "none"
+            self.adapters = {}
+            for name, adapter_dir in adapters.items():
+                self.attach(name, adapter_dir)
+            self.use(active)
+            self.consecutive_oom = 0
+            self.cpu_fallbacks += 1
+            log.warning("engine.cpu_fallback", model=self.model_path,
+                        adapters=list(adapters), active=active)
+
     def close(self) -> None:
-        """Nothing to release: the weights go with the last reference."""
+        """Drop the weights and give the GPU memory back (the evaluation's engine is closed
+        before the next training needs the card)."""
+        with self.lock:
+            self.model = None
+            free_gpu_memory()
 
 
 class _Cancelled(StoppingCriteria):

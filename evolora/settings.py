@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     SecretStr,
     ValidationError,
     field_validator,
@@ -149,21 +150,16 @@ class DataSettings(Section):
     fresh_train_each_cycle: bool = Field(
         True, description="Each cycle draws its training problems with its own seed "
         "(data.seed + the number of cycles before it): nights learn from new problems.")
-    # The champion's own verified attempts (STaR / ReST-EM), and the shares of the night's mix.
     self_problems_per_skill: int = Field(
-        0, ge=0, description="Fresh training-wording problems per skill the champion attempts "
-        "each cycle; its verified attempts become training rows, the problems it fails keep "
-        "their program-written trace. 0: no self-attempts.")
+        0, ge=0, description="Fresh problems per skill the champion attempts each cycle "
+        "(STaR): verified attempts become rows, failures keep their program trace; 0: off.")
     self_attempts: int = Field(2, ge=1, le=16, description="Sampled attempts per problem.")
-    self_temperature: float = Field(0.7, gt=0, le=2, description="Sampling temperature of the "
-                                    "attempts.")
-    self_max_share: float = Field(0.3, ge=0, le=1, description="Largest share of the mix made "
-                                  "from the self-attempt pool (own traces and the failures' "
-                                  "program traces).")
-    replay_share: float = Field(0.2, ge=0, le=1, description="Share of the mix replayed from "
-                                "earlier cycles' training rows (against forgetting).")
-    template_max_share: float = Field(1.0, gt=0, le=1, description="Largest share of the mix "
-                                      "made of tonight's template rows.")
+    self_temperature: float = Field(0.7, gt=0, le=2, description="Their sampling temperature.")
+    # Largest shares of the mix: the self-attempt pool (own traces and the failures' program
+    # traces), earlier cycles' rows replayed (against forgetting), tonight's template rows.
+    self_max_share: float = Field(0.3, ge=0, le=1)
+    replay_share: float = Field(0.2, ge=0, le=1)
+    template_max_share: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _mix_leaves_room_for_templates(self) -> DataSettings:
@@ -203,9 +199,24 @@ class TrainSettings(Section):
         "auto", description="auto: NF4 QLoRA on CUDA, plain LoRA on CPU."
     )
     vram_budget_gb: float = Field(4.0, gt=0, description="GPU memory the training may use.")
+    vram_safety_margin: float = Field(
+        0.1, ge=0, lt=0.5, description="Share of vram_budget_gb the planner keeps free: a plan "
+        "is taken only if its estimate (peak reserved memory plus the CUDA context) is at most "
+        "(1 - margin) x budget.")
     gradient_checkpointing: bool | None = Field(None, description="None: from the budget.")
     seed: int = 0
     logging_steps: int = Field(5, gt=0)
+    fallback_bases: list[str] = Field(
+        default_factory=list, description="Lighter base models (packaged names or folders), "
+        "tried in order when training runs out of GPU memory at micro-batch 1 with "
+        "checkpointing and the shortest max_length; training restarts from step 0 on each.")
+    oom_min_max_length: int = Field(
+        128, ge=32, description="Out of GPU memory, max_length is halved down to this, no lower.")
+    oom_fallback_to_cpu: bool = Field(
+        True, description="The last fallback after an out-of-memory error: train on the CPU.")
+    fault_oom_steps: list[PositiveInt] = Field(
+        default_factory=list, description="Fault injection (tests, drills): raise "
+        "torch.cuda.OutOfMemoryError once in each of these optimizer steps (1-based).")
 
 
 class EvolutionSettings(Section):
@@ -302,6 +313,15 @@ class ServingSettings(Section):
         "accepted besides 127.0.0.1, localhost and [::1] on the service's port; `name` for "
         "the service's port, `name:port` for another (an Origin such as a local web UI).")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data.")
+    oom_retry_after_s: int = Field(5, gt=0, le=3600, description="Retry-After of the 503 "
+                                   "answered to a request whose generation ran out of GPU memory.")
+    oom_cpu_fallback_after: int = Field(
+        3, ge=1, description="Consecutive out-of-memory generations after which the "
+        "transformers engine reloads the base on the CPU and serves from there.")
+    fault_oom_requests: list[PositiveInt] = Field(
+        default_factory=list, description="Fault injection (tests, drills): the engine's "
+        "generations with these numbers (1-based, counted from start-up) raise "
+        "torch.cuda.OutOfMemoryError.")
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -11,6 +11,7 @@ from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 
 from engines.engine import ContextExceeded
+from engines.transformers_runtime import EngineOutOfMemory
 from evolora.logs import get_logger
 from evolora.settings import Settings
 from serving.deps import Services
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(StoreError, store_error)
     app.add_exception_handler(ContextExceeded, context_exceeded)
+    app.add_exception_handler(EngineOutOfMemory, out_of_memory)
     app.add_exception_handler(Exception, internal_error)
     # The last added runs first: metrics see every response, the guards' 4xx too.
     if not serving.auth_enabled:
@@ -84,6 +86,16 @@ async def context_exceeded(request: Request, exc: Exception) -> JSONResponse:
                f"(or lower serving.max_prompt_tokens to the model's context): {exc}")
     return JSONResponse(error_body(message, "invalid_request_error", "context_length_exceeded"),
                         status_code=400)
+
+
+async def out_of_memory(request: Request, exc: Exception) -> JSONResponse:
+    """A generation that ran out of GPU memory: 503 with Retry-After. The engine has freed
+    what the request held and serves the next one (from the CPU after repeated failures)."""
+    retry_after = request.app.state.services.settings.serving.oom_retry_after_s
+    message = ("the model ran out of GPU memory on this request; the memory was freed, "
+               "retry shortly (a shorter prompt or max_tokens needs less)")
+    return JSONResponse(error_body(message, "server_error", "out_of_memory"), status_code=503,
+                        headers={"Retry-After": str(retry_after)})
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -16,7 +16,7 @@ def test_completion_loss_is_the_models_own_loss_and_gradients(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tasks.train.trainer import completion_loss
+    from tasks.train.loss import completion_loss
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

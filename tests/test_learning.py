@@ -204,6 +204,9 @@ def test_qlora_on_cuda_stays_inside_the_vram_budget(tiny_settings: Settings) -> 
                            settings.paths.data_dir / "adapters", "cuda")
     assert result.plan.quantization == "nf4" and result.plan.device == "cuda"
     assert result.metrics["peak_vram_mb"] < 4.0 * 1024
+    # What the card holds is reserved memory (plus the CUDA context): within the plan's share.
+    reserved_gib = result.metrics["peak_vram_reserved_mb"] / 1024
+    assert reserved_gib <= result.plan.estimated_peak_gib <= result.plan.usable_gib
 
 
 def test_data_generate_cli_reports_splits_and_refuses_an_unknown_skill(

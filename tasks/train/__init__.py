@@ -1,6 +1,7 @@
 """Training one LoRA/QLoRA adapter: the memory plan, the trainer, the adapter's manifest."""
 
 from tasks.train.memory_plan import DoesNotFit, TrainPlan, plan_training
+from tasks.train.recovery import TrainingOutOfMemory
 from tasks.train.trainer import (
     ADAPTER_MANIFEST,
     TrainResult,
@@ -14,6 +15,7 @@ __all__ = [
     "DoesNotFit",
     "TrainPlan",
     "TrainResult",
+    "TrainingOutOfMemory",
     "plan_training",
     "read_adapter_manifest",
     "train_adapter",

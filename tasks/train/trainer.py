@@ -3,13 +3,13 @@
 `train_adapter` reads top to bottom: plan memory, load the base (4-bit on CUDA by default),
 wrap it in LoRA, train on prompt/completion pairs (loss on the assistant's ReAct trace
 only), then write the adapter folder atomically with its manifest and log it to MLflow.
+Out of GPU memory it goes on with a lighter plan (tasks/train/recovery.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import resource
 import shutil
 import sys
 import tempfile
@@ -20,16 +20,32 @@ from typing import Any
 
 import mlflow
 import torch
-from transformers import AutoConfig, PrinterCallback, ProgressCallback, TrainerCallback
+from transformers import AutoConfig, PrinterCallback, ProgressCallback
 
 from engines.transformers_runtime import load_tokenizer, pick_device
 from evolora.logs import get_logger
 from evolora.models import base_model_checksum, sha256_file
-from evolora.progress import current
 from evolora.settings import Settings, TrainSettings
 from evolora.tracking import log_resolved_config, start_step_run
 from evolora.vocabulary import STEP_TAG
+from tasks.train.callbacks import (
+    MlflowStepLogger,
+    ResumePoint,
+    StepProgress,
+    cuda_peaks_mb,
+    lean_trainer_class,
+    peak_rss_mb,
+)
 from tasks.train.memory_plan import ModelShape, TrainPlan, plan_training
+from tasks.train.model_size import model_param_counts
+from tasks.train.recovery import (
+    Attempt,
+    TrainingOutOfMemory,
+    free_accelerator_memory,
+    next_attempt,
+    shortest_useful_length,
+    write_resume_checkpoint,
+)
 
 log = get_logger(__name__)
 
@@ -46,6 +62,8 @@ class TrainResult:
     run_id: str | None
     plan: TrainPlan
     metrics: dict[str, float] = field(default_factory=dict)
+    base_model: str = ""  # the base the adapter was trained on (a fallback base, if it was)
+    oom_fallbacks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def to_prompt_completion(rows: Any) -> Any:
@@ -59,110 +77,6 @@ def to_prompt_completion(rows: Any) -> Any:
         return {"prompt": messages[:-1], "completion": messages[-1:]}
 
     return rows.map(split, remove_columns=rows.column_names)
-
-
-class MlflowStepLogger(TrainerCallback):
-    """Logs loss, learning rate, tokens/s and peak memory at every logging step."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.last: dict[str, float] = {}
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-               **kwargs: Any) -> None:
-        if not logs:
-            return
-        elapsed = max(time.perf_counter() - self.started, 1e-6)
-        metrics = {k: float(v) for k, v in logs.items()
-                   if isinstance(v, int | float) and k in {"loss", "learning_rate", "grad_norm"}}
-        tokens = getattr(state, "num_input_tokens_seen", 0) or 0
-        if tokens:
-            metrics["tokens_per_s"] = tokens / elapsed
-        metrics["peak_rss_mb"] = peak_rss_mb()
-        if torch.cuda.is_available():
-            metrics["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        self.last.update(metrics)
-        if mlflow.active_run():
-            mlflow.log_metrics(metrics, step=state.global_step)
-
-
-class StepProgress(TrainerCallback):
-    """Advances the command's progress display at each optimizer step; each logging
-    step's numbers go to the log file (the Trainer's own bar and printed dicts are off)."""
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        current().advance()
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-               **kwargs: Any) -> None:
-        log.debug("train.step", step=state.global_step, **(logs or {}))
-
-
-# Architectures whose logits are exactly `lm_head(last hidden state)`, with a final soft cap
-# where their config sets one: the completion-only loss below may compute them itself.
-PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3"}
-
-
-def completion_loss(causal_lm: Any, inputs: dict[str, Any],
-                    num_items_in_batch: Any = None) -> Any:
-    """The causal-LM loss on the labelled (completion) tokens, with the vocabulary head run
-    on those positions only.
-
-    The prompt is ~half of each example's tokens and its labels are -100; the model's own
-    forward still projects every position onto the 49k-token vocabulary and keeps those
-    logits for backward. Running the head where a label is cuts that part of a CPU step;
-    the loss and its gradients are the model's own (a test checks both).
-    """
-    body = {k: v for k, v in inputs.items() if k in {"input_ids", "attention_mask",
-                                                     "position_ids"}}
-    hidden = causal_lm.get_decoder()(**body).last_hidden_state
-    labels = inputs["labels"][:, 1:]
-    keep = labels != -100
-    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    total = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
-    if num_items_in_batch is not None:
-        return total / num_items_in_batch
-    return total / keep.sum().clamp(min=1)
-
-
-def _lean_trainer_class() -> type:
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class LeanSFTTrainer(SFTTrainer):
-        """SFTTrainer whose loss is the plain causal-LM loss on the collator's labels.
-
-        TRL's own loss path also computes per-token entropy and top-1 accuracy over the
-        49k-vocabulary head for its logs: ~9% of a CPU step (bench/train.py). The labels
-        already mask the prompt (-100), so the loss is the same completion-only loss; for
-        plain-head architectures the head runs on the completion positions only
-        (`completion_loss`).
-        """
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            wanted = {"input_ids", "attention_mask", "labels", "position_ids"}
-            lean = {k: v for k, v in inputs.items() if k in wanted}
-            causal_lm = self.accelerator.unwrap_model(model)
-            if hasattr(causal_lm, "get_base_model"):
-                causal_lm = causal_lm.get_base_model()
-            if (not return_outputs and "labels" in lean
-                    and causal_lm.config.model_type in PLAIN_HEAD_MODELS):
-                # Normalised over the accumulated batch only when the Trainer counts on it.
-                scaled = num_items_in_batch if self.model_accepts_loss_kwargs else None
-                return completion_loss(causal_lm, lean, scaled)
-            return Trainer.compute_loss(self, model, lean, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-    return LeanSFTTrainer
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_for_training(model_path: str, plan: TrainPlan, train: TrainSettings,
@@ -215,58 +129,26 @@ def train_adapter(
     """Train a LoRA on `train_rows` (chat examples) and save it as `adapters_dir/name`.
 
     `init_adapter` continues training an existing adapter; `manifest_extra` (genealogy,
-    data mix) is merged into the manifest written beside the adapter.
+    data mix) is merged into the manifest written beside the adapter. Out of GPU memory,
+    the run frees the card and goes on with a lighter plan (tasks/train/recovery.py), each
+    fallback logged and tagged on the MLflow run; `TrainResult.base_model` says which base
+    the adapter is for (a fallback base, if it came to that).
     """
-    from trl import SFTConfig
-
-    LeanSFTTrainer = _lean_trainer_class()  # built lazily: importing trl is slow
-
     train = settings.train
     seed = train.seed if seed is None else seed
     device = pick_device()
-    config = AutoConfig.from_pretrained(model_path)
-    n_params = _count_params_from_config(model_path)
-    plan = plan_training(train, ModelShape.from_config(config, n_params), device)
+    plan = plan_training(train, model_shape(model_path), device)
     log.info("train.plan", name=name, **plan.to_dict())
+    attempt = Attempt(model_path, plan)
 
-    tokenizer = load_tokenizer(model_path)
-    tokenizer.padding_side = "right"  # training pads on the right
-    model = load_for_training(model_path, plan, train, init_adapter)
     dataset = to_prompt_completion(train_rows)
-
     adapters_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=adapters_dir))
     steps = max_steps or train.max_steps
-    sft_config = SFTConfig(
-        output_dir=str(staging / "trainer"),
-        max_length=train.max_length,
-        per_device_train_batch_size=plan.micro_batch,
-        gradient_accumulation_steps=plan.grad_accum,
-        gradient_checkpointing=plan.gradient_checkpointing,
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler,
-        warmup_steps=max(1, steps // 20),
-        max_steps=steps,
-        logging_steps=train.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        bf16=plan.mixed_precision == "bf16",
-        fp16=plan.mixed_precision == "fp16",
-        use_cpu=device == "cpu",
-        # Real tokens only, so tokens/s is honest about padding.
-        include_num_input_tokens_seen="non_padding",
-        # Batches of similar lengths: traces vary 2x in length, and padding is compute
-        # thrown away on a CPU (about a third of each batch without this).
-        train_sampling_strategy="group_by_length",
-        dataloader_num_workers=0,
-    )
-    step_logger = MlflowStepLogger()
-    trainer = LeanSFTTrainer(model=model, args=sft_config, train_dataset=dataset,
-                             processing_class=tokenizer, callbacks=[step_logger, StepProgress()])
-    for console_callback in (ProgressCallback, PrinterCallback):
-        trainer.remove_callback(console_callback)  # the progress display shows the steps
     run_tags = {STEP_TAG: "train", "evolora.adapter": name, **(tags or {})}
+    oom_steps = set(train.fault_oom_steps)  # each fires once, whichever attempt reaches it
+    bases_left = list(train.fallback_bases)
+    fallbacks: list[dict[str, Any]] = []
     try:
         with start_step_run(f"train-{name}", parent_run_id, run_tags) as run:
             log_resolved_config(settings, {"name": name, "seed": seed, "max_steps": steps,
@@ -278,30 +160,67 @@ def train_adapter(
                 log_dataset_to_mlflow(train_rows, f"train-{name}",
                                       _rows_hash(train_rows), "training")
             started = time.perf_counter()
-            # The Trainer prints each log dict on stdout; stdout belongs to the CLI's output
-            # (`--json`), so those lines go to stderr with the progress bar.
-            with contextlib.redirect_stdout(sys.stderr):
-                output = trainer.train()
+            resume_from: Path | None = None
+            while True:
+                trainer, step_logger, resume_point = _build_trainer(
+                    attempt, train, dataset, staging, steps, seed, oom_steps,
+                    init_adapter if attempt.model_path == model_path else None)
+                out_of_memory = ""
+                try:
+                    # The Trainer prints each log dict on stdout; stdout belongs to the CLI's
+                    # output (`--json`), so those lines go to stderr with the progress bar.
+                    with contextlib.redirect_stdout(sys.stderr):
+                        output = trainer.train(resume_from_checkpoint=resume_from)
+                except torch.cuda.OutOfMemoryError as exc:
+                    out_of_memory = str(exc).splitlines()[0]  # the frames go with `exc`
+                if not out_of_memory:
+                    break
+                snapshot = resume_point.latest if resume_point else None
+                adapter_config = trainer.model.peft_config["default"]
+                failed_at = trainer.state.global_step + 1
+                trainer = resume_point = None  # type: ignore[assignment]
+                free_accelerator_memory()
+                shortest = shortest_useful_length(train_rows, load_tokenizer(attempt.model_path),
+                                                  train.oom_min_max_length)
+                lighter = next_attempt(attempt, train, model_shape, bases_left,
+                                       shortest_length=shortest,
+                                       can_change_base=init_adapter is None)
+                if lighter is None:
+                    raise TrainingOutOfMemory(_gave_up(out_of_memory, attempt, fallbacks))
+                resume_from = None
+                if lighter.resumes and snapshot is not None:
+                    resume_from = write_resume_checkpoint(
+                        snapshot, adapter_config, staging / "trainer" / f"resume-{len(fallbacks)}",
+                        lighter.plan.micro_batch)
+                fallbacks.append(_record_fallback(name, len(fallbacks) + 1, failed_at,
+                                                  out_of_memory, lighter, resume_from))
+                attempt = lighter
             wall = time.perf_counter() - started
-            tokens = trainer.state.num_input_tokens_seen or 0
+            tokens_per_s, timed_steps, includes_warmup = step_logger.rate(trainer.state)
             metrics = {
                 "train_loss": float(output.training_loss),
                 "train_wall_s": wall,
-                "train_tokens_per_s": tokens / wall if wall else 0.0,
+                "train_tokens_per_s": tokens_per_s,
+                "train_timed_steps": float(timed_steps),
+                "train_timing_includes_warmup": float(includes_warmup),
+                "oom_fallbacks": float(len(fallbacks)),
                 "peak_rss_mb": peak_rss_mb(),
+                **cuda_peaks_mb(),
             }
-            if torch.cuda.is_available():
-                metrics["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
             mlflow.log_metrics(metrics)
+            final = attempt.plan.to_dict()
+            mlflow.log_params({f"final_plan.{k}": v for k, v in final.items()}
+                              | {"final_plan.base_model": attempt.model_path})
             adapter_dir = _save_adapter(
                 trainer.model, staging, adapters_dir / name,
                 manifest={
                     "name": name,
-                    "base_model": model_path,
-                    "base_model_sha256": base_model_checksum(model_path),
+                    "base_model": attempt.model_path,
+                    "base_model_sha256": base_model_checksum(attempt.model_path),
                     "seed": seed,
                     "train": train.model_dump(mode="json"),
-                    "plan": plan.to_dict(),
+                    "plan": final,
+                    "oom_fallbacks": fallbacks,
                     "dataset_hashes": dataset_hashes or {},
                     "metrics": metrics,
                     "tags": tags or {},
@@ -314,8 +233,84 @@ def train_adapter(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        trainer = None  # type: ignore[assignment]
+        free_accelerator_memory()  # the card is the evaluation's (or the service's) now
     log.info("train.done", name=name, path=str(adapter_dir), **metrics)
-    return TrainResult(name, adapter_dir, run.info.run_id, plan, metrics)
+    return TrainResult(name, adapter_dir, run.info.run_id, attempt.plan, metrics,
+                       base_model=attempt.model_path, oom_fallbacks=fallbacks)
+
+
+def _build_trainer(attempt: Attempt, train: TrainSettings, dataset: Any, staging: Path,
+                   steps: int, seed: int, oom_steps: set[int], init_adapter: Path | None
+                   ) -> tuple[Any, MlflowStepLogger, ResumePoint | None]:
+    """The attempt's base in LoRA, in a Trainer set up per its plan, with its callbacks."""
+    from trl import SFTConfig
+
+    plan = attempt.plan
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # the peaks reported are this attempt's
+    tokenizer = load_tokenizer(attempt.model_path)
+    tokenizer.padding_side = "right"  # training pads on the right
+    model = load_for_training(attempt.model_path, plan, train, init_adapter)
+    sft_config = SFTConfig(
+        output_dir=str(staging / "trainer"),
+        max_length=plan.max_length or train.max_length,
+        per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.grad_accum,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        # The warm-up never starts at 0 (callbacks.warmup_factor): step 1 already learns.
+        warmup_steps=max(1, steps // 20),
+        max_steps=steps,
+        logging_steps=train.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        bf16=plan.mixed_precision == "bf16",
+        fp16=plan.mixed_precision == "fp16",
+        use_cpu=plan.device == "cpu",
+        # Real tokens only, so tokens/s is honest about padding.
+        include_num_input_tokens_seen="non_padding",
+        # Batches of similar lengths: traces vary 2x in length, and padding is compute
+        # thrown away on a CPU (about a third of each batch without this).
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+    )
+    step_logger = MlflowStepLogger()
+    # A snapshot per step costs ~3x the LoRA's size in copies: only where OOM can happen.
+    resume_point = ResumePoint() if plan.device == "cuda" or oom_steps else None
+    callbacks = [step_logger, StepProgress(), *([resume_point] if resume_point else [])]
+    trainer = lean_trainer_class()(model=model, args=sft_config, train_dataset=dataset,
+                                   processing_class=tokenizer, callbacks=callbacks)
+    trainer.oom_steps = oom_steps
+    for console_callback in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(console_callback)  # the progress display shows the steps
+    return trainer, step_logger, resume_point
+
+
+def _record_fallback(name: str, number: int, step: int, error: str, attempt: Attempt,
+                     resume_from: Path | None) -> dict[str, Any]:
+    """Log the fallback and tag it on the active MLflow run; returns it for the manifest."""
+    record = {"step": step, "change": attempt.change, "error": error,
+              "base_model": attempt.model_path, "plan": attempt.plan.to_dict(),
+              "resumed_from_step": step - 1 if resume_from else 0}
+    log.warning("train.oom_fallback", name=name, fallback=number, step=step,
+                change=attempt.change, resumed_from_step=record["resumed_from_step"],
+                **{f"plan_{k}": v for k, v in attempt.plan.to_dict().items()})
+    mlflow.set_tags({f"evolora.oom_fallback.{number}":
+                     f"out of memory at step {step}: {attempt.change}; resumed from step "
+                     f"{record['resumed_from_step']}",
+                     "evolora.oom_fallbacks": str(number)})
+    return record
+
+
+def _gave_up(error: str, attempt: Attempt, fallbacks: list[dict[str, Any]]) -> str:
+    tried = "; ".join(f["change"] for f in fallbacks) or "no fallback was left"
+    return (f"training ran out of GPU memory with the lightest plan left ({error}); tried: "
+            f"{tried}. Lower train.max_length or train.rank, add a lighter base to "
+            "train.fallback_bases, or allow train.oom_fallback_to_cpu")
 
 
 def _rows_hash(rows: Any) -> str:
@@ -362,18 +357,7 @@ def verify_adapter_files(adapter_dir: Path) -> list[str]:
     return bad
 
 
-def _count_params_from_config(model_path: str) -> int:
-    """Parameter count read from the safetensors header, without loading the weights."""
-    from safetensors import safe_open
-
-    weights = Path(model_path) / "model.safetensors"
-    if not weights.is_file():
-        return 0
-    total = 0
-    with safe_open(str(weights), framework="pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
-            count = 1
-            for dim in handle.get_slice(key).get_shape():
-                count *= dim
-            total += count
-    return total
+def model_shape(model_path: str) -> ModelShape:
+    """The planner's view of the base at `model_path`, read without loading its weights."""
+    config = AutoConfig.from_pretrained(model_path)
+    return ModelShape.from_config(config, model_param_counts(model_path, config))
