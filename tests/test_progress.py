@@ -284,11 +284,11 @@ def test_progress_file_ends_done_or_failed_and_works_without_a_reporter(tmp_path
     assert isinstance(current(), NullProgress)
     shown = json.loads(done.read_text())
     assert shown["state"] == "done" and shown["percent"] == 100.0
-    with reporting(PlainProgress(io.StringIO())) as outer:
-        with pytest.raises(RuntimeError), progress_file(failed) as progress:
-            assert progress is outer
-            progress.plan(STAGES)
-            progress.start("data")
-            raise RuntimeError("killed")
+    with (reporting(PlainProgress(io.StringIO())) as outer, pytest.raises(RuntimeError),
+          progress_file(failed) as progress):
+        assert progress is outer
+        progress.plan(STAGES)
+        progress.start("data")
+        raise RuntimeError("killed")
     shown = json.loads(failed.read_text())
     assert shown["state"] == "failed" and shown["stage"]["key"] == "data"
