@@ -1,0 +1,1 @@
+"""The console's pages: each a Streamlit script `console/app.py` navigates to."""
