@@ -48,11 +48,13 @@ def sidebar(current: Settings) -> None:
 
 def service() -> ServiceClient:
     """The client of the service the sidebar names."""
-    url = str(st.session_state.get("service_url") or "").strip()
+    # A callback runs before the sidebar: the defaults stand in for a value not set yet.
+    url = str(st.session_state.get("service_url") or default_service_url(settings())).strip()
     if not url.startswith(("http://", "https://")):
         raise ConsoleError(f"The service address {url!r} is not a URL.",
                            "Enter one like http://127.0.0.1:8000 in the sidebar.")
-    return ServiceClient(url, str(st.session_state.get("api_key") or "").strip() or None)
+    key = st.session_state.get("api_key", os.environ.get(API_KEY_ENV, ""))
+    return ServiceClient(url, str(key or "").strip() or None)
 
 
 def mlflow_client(current: Settings) -> MlflowClient:

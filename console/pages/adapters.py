@@ -24,34 +24,34 @@ def _bars(rows: list[dict[str, Any]], title: str) -> alt.Chart:
                     tooltip=["version", "name", alt.Tooltip("accuracy:Q", format=".2f")]))
 
 
-def _confirm(action: str, version: str | None, admin_key: str | None) -> None:
-    """The pending action's confirmation; applied only when confirmed."""
-    what = f"promote v{version}" if action == "promote" else "roll back to the previous champion"
-    st.warning(f"Really {what}? The service starts serving it at once.")
-    yes, no = st.columns(2)
-    if no.button("Cancel", key="cancel-admin"):
-        st.session_state.pop("pending", None)
-        st.rerun()
-    if not yes.button(f"Yes, {what}", key="confirm-admin", type="primary"):
-        return
+def _apply(action: str, version: str | None, force: bool) -> None:
+    """The confirmed action, sent with the admin key (or the sidebar's key)."""
     st.session_state.pop("pending", None)
-    force = bool(st.session_state.get("force"))
+    admin_key = str(st.session_state.get("admin_key") or "").strip() or None
     try:
         if action == "promote" and version is not None:
             result = service().promote(version, admin_key, force=force)
             verdict = "promoted" if result["promote"] else "refused by the gate"
-            reasons = "; ".join(result["reasons"])
-            message = f"v{version} {verdict}: {reasons}"
+            kind = "success" if result["promote"] else "warning"
+            message = f"v{version} {verdict}: {'; '.join(result['reasons'])}"
         else:
             result = service().rollback(admin_key)
+            kind = "success"
             message = (f"The champion is v{result['champion']} again (was "
                        f"v{result['rolled_back_from']}).")
     except ConsoleError as exc:
-        st.session_state["admin_result"] = ("error", exc.sentence())
-    else:
-        ok = action != "promote" or result["promote"]
-        st.session_state["admin_result"] = ("success" if ok else "warning", message)
-    st.rerun()
+        kind, message = "error", exc.sentence()
+    st.session_state["admin_result"] = (kind, message)
+
+
+def _ask(action: str) -> None:
+    # Asked now: the version and force widgets are not drawn while the question stands.
+    version = st.session_state.get("promote-version") if action == "promote" else None
+    st.session_state["pending"] = (action, version, bool(st.session_state.get("force")))
+
+
+def _cancel() -> None:
+    st.session_state.pop("pending", None)
 
 
 def _admin(versions: list[str]) -> None:
@@ -62,22 +62,23 @@ def _admin(versions: list[str]) -> None:
     if "admin_result" in st.session_state:
         kind, message = st.session_state.pop("admin_result")
         getattr(st, kind)(message)
-    admin_key = str(st.session_state.get("admin_key") or "").strip() or None
     pending = st.session_state.get("pending")
     if pending:
-        _confirm(pending[0], pending[1], admin_key)
+        action, version, force = pending
+        what = (f"promote v{version}{' (gate skipped)' * force}" if action == "promote"
+                else "roll back to the previous champion")
+        st.warning(f"Really {what}? The service starts serving it at once.")
+        yes, no = st.columns(2)
+        yes.button(f"Yes, {what}", key="confirm-admin", type="primary", on_click=_apply,
+                   args=pending)
+        no.button("Cancel", key="cancel-admin", on_click=_cancel)
         return
     left, middle, right = st.columns([2, 1, 1])
-    version = left.selectbox("Version", versions, key="promote-version",
-                             format_func=lambda v: f"v{v}")
+    left.selectbox("Version", versions, key="promote-version", format_func=lambda v: f"v{v}")
     st.checkbox("Skip the quality gate (force)", key="force",
                 help="The checksums are checked always.")
-    if middle.button("Promote…", key="promote", disabled=version is None):
-        st.session_state["pending"] = ("promote", version)
-        st.rerun()
-    if right.button("Roll back…", key="rollback"):
-        st.session_state["pending"] = ("rollback", None)
-        st.rerun()
+    middle.button("Promote…", key="promote", on_click=_ask, args=("promote",))
+    right.button("Roll back…", key="rollback", on_click=_ask, args=("rollback",))
 
 
 def render() -> None:

@@ -28,9 +28,9 @@ def _send_feedback(run_id: str) -> None:
         st.session_state.setdefault("ratings", {})[run_id] = rating
 
 
-def _show_answer(message: dict[str, Any]) -> None:
+def _show_answer(message: dict[str, Any], with_steps: bool = True) -> None:
     steps = message.get("steps") or []
-    if steps:
+    if steps and with_steps:
         with st.expander(f"{len(steps)} tool step{'s' * (len(steps) != 1)}"):
             _show_steps(steps, st)
     if message.get("final_answer") is not None:
@@ -40,6 +40,10 @@ def _show_answer(message: dict[str, Any]) -> None:
     st.caption(f"answered by `{message['adapter']}`")
     st.feedback("thumbs", key=f"feedback-{message['run_id']}",
                 on_change=_send_feedback, args=(message["run_id"],))
+
+
+def _new_conversation() -> None:
+    st.session_state["chat"], st.session_state["session_id"] = [], None
 
 
 def _ask(question: str) -> None:
@@ -66,23 +70,21 @@ def _ask(question: str) -> None:
             raise
         status.update(label=f"{len(steps)} tool step{'s' * (len(steps) != 1)}",
                       state="complete", expanded=False)
-    if answer is None:
-        history.pop()
-        raise ConsoleError("The service ended the answer early.", "Ask again.")
+        if answer is None:
+            history.pop()
+            raise ConsoleError("The service ended the answer early.", "Ask again.")
+        # Shown here, under the steps it streamed; later runs draw it from the history.
+        _show_answer(answer, with_steps=False)
     st.session_state["session_id"] = answer["session_id"]
     history.append({"role": "assistant", **answer})
-    st.rerun()
 
 
 def render() -> None:
     st.title("Chat")
     st.session_state.setdefault("chat", [])
-    session = st.session_state.get("session_id")
     left, right = st.columns([4, 1])
-    left.caption(f"session `{session}`" if session else "a new conversation")
-    if right.button("New conversation", key="new-conversation"):
-        st.session_state["chat"], st.session_state["session_id"] = [], None
-        st.rerun()
+    session_label = left.empty()
+    right.button("New conversation", key="new-conversation", on_click=_new_conversation)
     if "chat_error" in st.session_state:
         st.error(st.session_state.pop("chat_error"))
     for message in st.session_state["chat"]:
@@ -94,6 +96,8 @@ def render() -> None:
     question = st.chat_input("Ask the agent (it remembers what you tell it)", key="question")
     if question and question.strip():
         _ask(question.strip())
+    session = st.session_state.get("session_id")  # the answer's, once there is one
+    session_label.caption(f"session `{session}`" if session else "a new conversation")
 
 
 guarded(render)

@@ -53,9 +53,8 @@ def render() -> None:
     if choice is None:
         return
     if st.session_state.get("confirm-forget") != choice:
-        if st.button("Forget…", key="forget-ask"):
-            st.session_state["confirm-forget"] = choice
-            st.rerun()
+        st.button("Forget…", key="forget-ask", on_click=st.session_state.__setitem__,
+                  args=("confirm-forget", choice))
         return
     st.warning(f"Forget \u201c{by_id[choice]['text'][:80]}\u201d for good?")
     st.button("Yes, forget it", key="forget-yes", type="primary", on_click=_delete,
