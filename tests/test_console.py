@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +292,85 @@ def test_a_wrong_key_is_a_sentence_with_the_fix_and_is_never_shown(world: Consol
     assert any("refused the API key (invalid or revoked API key)" in e.value
                and "evolora keys create NAME" in e.value for e in app.error)
     assert "evk_not-a-real-key" not in texts(app) and not app.exception
+
+
+# --- a real browser -------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
+
+
+@contextmanager
+def running_console(env: dict[str, str], port: int) -> Iterator[str]:
+    """`streamlit run console/app.py` as `evolora console` starts it, until the block ends."""
+    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address",
+               "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none",
+               "--client.toolbarMode", "minimal"]
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise RuntimeError(f"the console did not start: {output[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_a_real_browser_chats_and_sees_the_progress(world: ConsoleWorld,
+                                                    tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    with running_console(world.env, port) as url:
+        driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+        try:
+            wait = WebDriverWait(driver, 120)
+            driver.get(url)
+            box = wait.until(ready.element_to_be_clickable(
+                (By.CSS_SELECTOR, "[data-testid='stChatInputTextArea']")))
+            box.send_keys(QUESTION, Keys.ENTER)
+            wait.until(lambda d: "answered by v2" in d.find_element(By.TAG_NAME, "body").text)
+            body = driver.find_element(By.TAG_NAME, "body").text
+            assert ANSWER in body and "1 tool step" in body
+            driver.save_screenshot(str(tmp_path / "chat.png"))
+            driver.get(f"{url}/progress")
+            wait.until(lambda d: "Decisions" in d.find_element(By.TAG_NAME, "body").text)
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "canvas, svg.marks"))
+            time.sleep(1)  # the charts' first paint
+            body = driver.find_element(By.TAG_NAME, "body").text
+            assert f"Cycle {world.running_cycle} is running" in body
+            assert "stage 2 of 2: train g0-m0 (generalist) (4/10 steps)" in body
+            assert "champion\nv2\ntest accuracy\n0.50" in body
+            driver.save_screenshot(str(tmp_path / "progress.png"))
+        finally:
+            driver.quit()
+    for name in ("chat.png", "progress.png"):
+        shot = tmp_path / name
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
