@@ -1,12 +1,11 @@
 """`evolora console`: the web console (Streamlit) on 127.0.0.1 (registered by cli.main).
 
-The console's package is started as Streamlit's script, not imported: it is an entry point
-of its own, beside this one.
+The console is started as a module (`python -m console.launch`), not imported: it is an
+entry point of its own, beside this one.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
 import subprocess
@@ -48,20 +47,14 @@ def console_command(
                    "every visitor of the console",
                    "bind to 127.0.0.1 (and reach it through an SSH tunnel), or unset the "
                    "variable and enter the key in the page")
-    spec = importlib.util.find_spec("console.app")
-    if spec is None or spec.origin is None:
-        raise fail("the console package is not installed", "reinstall: `make install`")
     env = dict(os.environ)
     if config:  # the console loads the same config (else $EVOLORA_CONFIG, as here)
         env["EVOLORA_CONFIG"] = str(resolve_config_path(config).resolve())
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
     if service_url:
         env["EVOLORA_CONSOLE_SERVICE_URL"] = service_url
-    command = [sys.executable, "-m", "streamlit", "run", spec.origin,
-               "--server.address", host, "--server.port", str(port),
-               "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               # A failure the page did not turn into a sentence still shows no traceback.
-               "--client.showErrorDetails", "none", "--client.toolbarMode", "minimal"]
+    # Run as a module, not imported: console/ is an entry point beside this one.
+    command = [sys.executable, "-m", "console.launch", "--host", host, "--port", str(port)]
     console.print(f"evolora console on http://{host}:{port} (config {settings.name}); "
                   "Ctrl-C stops it", highlight=False)
     raise typer.Exit(subprocess.call(command, env=env))

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +30,13 @@ from support.console_world import (
 )
 
 from console.cycles import CycleHistory
+from console.launch import APP, CHROMEDRIVER, CHROMIUM, chromium, running_console
 from console.system import parse_metrics
 from evolora.vocabulary import CHAMPION, PREVIOUS
 from tasks.registry import get_alias
 
 pytestmark = pytest.mark.server
 
-APP = Path(__file__).resolve().parents[1] / "console" / "app.py"
 MODEL = "evolora-adapter"
 
 
@@ -296,46 +292,10 @@ def test_a_wrong_key_is_a_sentence_with_the_fix_and_is_never_shown(world: Consol
 
 # --- a real browser -------------------------------------------------------------------------
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
-
-
-@contextmanager
-def running_console(env: dict[str, str], port: int) -> Iterator[str]:
-    """`streamlit run console/app.py` as `evolora console` starts it, until the block ends."""
-    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address",
-               "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-               "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none",
-               "--client.toolbarMode", "minimal"]
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read().decode() if process.stdout else ""
-                raise RuntimeError(f"the console did not start: {output[-2000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 @pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_a_real_browser_chats_and_sees_the_progress(world: ConsoleWorld,
                                                     tmp_path: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ready
@@ -344,12 +304,8 @@ def test_a_real_browser_chats_and_sees_the_progress(world: ConsoleWorld,
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
-        options.add_argument(flag)
     with running_console(world.env, port) as url:
-        driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+        driver = chromium(tmp_path / "profile")
         try:
             wait = WebDriverWait(driver, 120)
             driver.get(url)
