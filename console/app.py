@@ -15,7 +15,7 @@ if _ROOT not in sys.path:
 from console.state import guarded, settings, sidebar  # noqa: E402
 
 st.set_page_config(page_title="evolora", page_icon=":material/genetics:", layout="wide")
-_PAGES = Path(__file__).parent / "pages"
+_PAGES = Path(__file__).parent / "views"
 navigation = st.navigation([
     st.Page(_PAGES / "chat.py", title="Chat", icon=":material/chat:", url_path="chat",
             default=True),

@@ -53,7 +53,7 @@ def page(name: str | None = None, **state: Any) -> AppTest:
         app.session_state[key] = value
     app.run()
     if name:
-        app.switch_page(f"pages/{name}.py").run()
+        app.switch_page(f"views/{name}.py").run()
     assert not app.exception, [e.value for e in app.exception]
     return app
 
@@ -330,3 +330,16 @@ def test_a_real_browser_chats_and_sees_the_progress(world: ConsoleWorld,
     for name in ("chat.png", "progress.png"):
         shot = tmp_path / name
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_the_console_command_keeps_a_key_in_the_environment_off_an_open_host(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("EVOLORA_API_KEY", "evk_secret-value-never-shown")
+    result = CliRunner().invoke(app, ["console", "-c", "tiny", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "would hand the key in EVOLORA_API_KEY" in result.output
+    assert "evk_secret" not in result.output

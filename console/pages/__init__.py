@@ -1,1 +1,0 @@
-"""The console's pages: each a Streamlit script `console/app.py` navigates to."""
