@@ -116,6 +116,24 @@ def texts_of(block: Any) -> str:
     return "\n".join(str(e.value) for e in block.get("markdown"))
 
 
+def test_a_streamed_agent_run_sends_its_steps_then_the_answer(world: ConsoleWorld) -> None:
+    key = {"Authorization": f"Bearer {world.user_key}"}
+    with httpx.stream("POST", f"{world.url}/v1/agent/runs", headers=key, timeout=60,
+                      json={"question": QUESTION, "stream": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert lines[-1] == "data: [DONE]" and [e["type"] for e in events] == ["step", "answer"]
+    assert (events[0]["tool"], events[0]["observation"]) == ("calculator", ANSWER)
+    answer = events[1]
+    assert answer["final_answer"] == ANSWER and answer["steps"] == [
+        {k: events[0][k] for k in ("thought", "tool", "argument", "observation")}]
+    # The checks come before the stream: an unknown session is a plain 404.
+    refused = httpx.post(f"{world.url}/v1/agent/runs", headers=key, timeout=60,
+                         json={"question": QUESTION, "stream": True, "session_id": "nope"})
+    assert refused.status_code == 404 and refused.json()["detail"] == "no such session"
+
+
 # --- progress -------------------------------------------------------------------------------
 
 
