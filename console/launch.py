@@ -110,7 +110,10 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8501)
     args = parser.parse_args()
-    return subprocess.call(streamlit_command(args.host, args.port))
+    command = streamlit_command(args.host, args.port)
+    # Replaced, not wrapped: a signal to this process reaches Streamlit itself.
+    os.execv(command[0], command)
+    return 0  # not reached
 
 
 if __name__ == "__main__":
