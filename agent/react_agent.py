@@ -7,6 +7,7 @@ middleware and memory around it). Both share the text format, the parser and the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from langchain.agents import create_agent
@@ -44,25 +45,28 @@ def build_react_agent(runtime: InferenceEngine, *, adapter: str = "base",
 
 
 def run_react_agent(agent: Any, question: str, *, history: list[BaseMessage] | None = None,
-                    max_steps: int = 4) -> AgentRun:
-    """Ask one question; the run records each tool step, the answer or the failure."""
+                    max_steps: int = 4,
+                    on_step: Callable[[AgentStep], object] | None = None) -> AgentRun:
+    """Ask one question; the run records each tool step, the answer or the failure.
+
+    `on_step` is told of each tool step as soon as its tool has answered (the service
+    streams them), before the model writes the next one."""
     messages = [*(history or []), HumanMessage(question)]
     run = AgentRun(question)
+    produced: list[BaseMessage] = []
     try:
         # Each tool call is two graph steps (model, tools); the final answer one more.
-        state = agent.invoke({"messages": messages},
-                             config={"recursion_limit": 2 * max_steps + 2})
+        # The graph's state after each of its steps: the steps are known as they happen.
+        for state in agent.stream({"messages": messages}, stream_mode="values",
+                                  config={"recursion_limit": 2 * max_steps + 2}):
+            produced = state["messages"][len(messages):]
+            for step in _tool_steps(produced)[len(run.steps):]:
+                run.steps.append(step)
+                if on_step is not None:
+                    on_step(step)
     except GraphRecursionError:
         run.error = "step limit reached without a Final Answer"
         return run
-    produced = state["messages"][len(messages):]
-    results = {m.tool_call_id: str(m.content) for m in produced if isinstance(m, ToolMessage)}
-    for message in produced:
-        if isinstance(message, AIMessage) and message.tool_calls:
-            for call in message.tool_calls:
-                run.steps.append(AgentStep(str(message.content), call["name"],
-                                           str(call["args"].get(TOOL_INPUT_KEY, "")),
-                                           results.get(call["id"], "")))
     last = produced[-1] if produced else None
     if isinstance(last, AIMessage) and not last.tool_calls:
         error = last.response_metadata.get("error")
@@ -73,3 +77,12 @@ def run_react_agent(agent: Any, question: str, *, history: list[BaseMessage] | N
         run.transcript = "".join(str(m.response_metadata.get("raw", ""))
                                  for m in produced if isinstance(m, AIMessage))
     return run
+
+
+def _tool_steps(produced: list[BaseMessage]) -> list[AgentStep]:
+    """The tool steps whose tools have answered, in order."""
+    results = {m.tool_call_id: str(m.content) for m in produced if isinstance(m, ToolMessage)}
+    return [AgentStep(str(message.content), call["name"],
+                      str(call["args"].get(TOOL_INPUT_KEY, "")), results[call["id"]])
+            for message in produced if isinstance(message, AIMessage) and message.tool_calls
+            for call in message.tool_calls if call["id"] in results]

@@ -44,6 +44,9 @@ app.add_typer(keys_app, name="keys")
 from cli.serve import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
+from cli.web import console_command  # noqa: E402
+
+app.command("console")(console_command)
 data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -17,12 +17,14 @@ that does nothing, so library code and tests need no set-up.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from evolora.logs import get_logger
@@ -37,6 +39,9 @@ log = get_logger(__name__)
 PRIOR_SECONDS_PER_UNIT = {"train_step": 9.0, "eval_problem": 2.0, "step": 5.0,
                           "data": 150.0, "plan": 45.0, "breed": 15.0}
 UNIT_WORDS = {"train_step": "steps", "eval_problem": "problems"}
+# The progress file is rewritten at every stage change, and at most this often in a stage.
+SNAPSHOT_EVERY_S = 1.0
+PROGRESS_FILE = "progress.json"
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class Progress:
         self._closed = False
         # advance() runs in the worker's thread, the live display reads from its own.
         self._lock = threading.RLock()
+        self._mirror: Path | None = None
+        self._mirrored_at = float("-inf")
 
     # ----- the API a command and the workers call -----
     def plan(self, stages: list[Stage]) -> None:
@@ -106,6 +113,7 @@ class Progress:
             state.done, state.finished, state.skipped = 0, False, False
             self._running = key
         self._stage_started(state)
+        self._write_snapshot()
 
     def advance(self, done: int = 1) -> None:
         """`done` more units of the running stage are done (ignored when none is running)."""
@@ -115,6 +123,9 @@ class Progress:
             state = self._stages[self._running]
             state.done += done
             state.last_unit_at = self._clock()
+            due = state.last_unit_at - self._mirrored_at >= SNAPSHOT_EVERY_S
+        if due:
+            self._write_snapshot()
 
     def finish(self, key: str | None = None) -> None:
         """The stage is done: the running one by default, or a planned one a resumed run
@@ -143,6 +154,7 @@ class Progress:
         log.debug("progress.stage_done", stage=key, seconds=round(seconds, 1),
                   skipped=state.skipped, remaining_s=round(self.remaining_s()))
         self._stage_finished(state, seconds)
+        self._write_snapshot()
 
     def close(self) -> None:
         """The command is over: stop showing (a second call does nothing)."""
@@ -151,6 +163,53 @@ class Progress:
                 return
             self._closed = True
         self._closed_now()
+
+    def mirror_to(self, path: Path | None) -> None:
+        """Keep `path` (JSON, `snapshot()`) up to date from now on: at every stage change and
+        at most every SNAPSHOT_EVERY_S within a stage, so another process (the web console)
+        can show the run; None stops it."""
+        self._mirror = path
+        self._write_snapshot()
+
+    def end_mirror(self, state: str) -> None:
+        """Write the mirror's last snapshot with `state` ("done" or "failed"), then stop."""
+        self._write_snapshot(state)
+        self._mirror = None
+
+    def snapshot(self, state: str = "running") -> dict[str, Any]:
+        """What a display shows, as JSON-able data: the running stage and its units, stage n
+        of N, the share of the estimated work done, elapsed and remaining seconds."""
+        with self._lock:
+            n, total = self.position()
+            running = self._stages.get(self._running) if self._running else None
+            done_s = sum(min(s.done, s.stage.units) * self.seconds_per_unit(s.stage.kind)
+                         for s in self._stages.values())
+            all_s = sum(s.stage.units * self.seconds_per_unit(s.stage.kind)
+                        for s in self._stages.values())
+            stage = None if running is None else {
+                "key": running.stage.key, "label": running.stage.label,
+                "done": min(running.done, running.stage.units), "units": running.stage.units,
+                "unit": UNIT_WORDS.get(running.stage.kind, "")}
+            return {"state": state, "pid": os.getpid(), "updated_at": time.time(),
+                    "stage": stage, "n": n, "of": total,
+                    "percent": round(100.0 * done_s / all_s, 1) if all_s else 0.0,
+                    "elapsed_s": round(self.elapsed_s(), 1),
+                    "remaining_s": round(self.remaining_s(), 1),
+                    "status_line": self.status_line()}
+
+    def _write_snapshot(self, state: str = "running") -> None:
+        path = self._mirror
+        if path is None:
+            return
+        with self._lock:
+            self._mirrored_at = self._clock()
+            text = json.dumps(self.snapshot(state))
+        try:  # temp file + rename: a reader never sees half a file
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as exc:  # the display is a courtesy: the run goes on without it
+            log.warning("progress.mirror_failed", path=str(path), error=str(exc))
 
     # ----- what a display reads -----
     def elapsed_s(self) -> float:
@@ -266,6 +325,12 @@ class NullProgress(Progress):
     def finish(self, key: str | None = None) -> None:
         pass
 
+    def mirror_to(self, path: Path | None) -> None:
+        pass
+
+    def end_mirror(self, state: str) -> None:
+        pass
+
 
 class PlainProgress(Progress):
     """One line per finished stage, for logs and pipes (CI, `make demo | tee`).
@@ -373,3 +438,24 @@ def reporting(progress: Progress) -> Iterator[Progress]:
     finally:
         _active.remove(progress)
         progress.close()
+
+
+@contextmanager
+def progress_file(path: Path) -> Iterator[Progress]:
+    """Mirror the running command's progress to `path` for the block (a silent reporter is
+    made when none is set, as in a Prefect worker's run); the file ends "done" or "failed"."""
+    owned = isinstance(current(), NullProgress)
+    progress = Progress() if owned else current()
+    if owned:
+        _active.append(progress)
+    progress.mirror_to(path)
+    try:
+        yield progress
+    except BaseException:
+        progress.end_mirror("failed")
+        raise
+    else:
+        progress.end_mirror("done")
+    finally:
+        if owned:
+            _active.remove(progress)

@@ -40,3 +40,7 @@ STEP_TAG = "evolora.step"
 MUTATION_TAG = "evolora.mutation"
 # The inference engine an evaluation ran on (llamacpp or transformers).
 ENGINE_TAG = "evolora.engine"
+# The cycle a cycle's parent run belongs to (its journal folder's name under data/cycles).
+CYCLE_TAG = "evolora.cycle"
+# The artifact of a cycle's parent run that holds its CycleSummary (the web console reads it).
+CYCLE_SUMMARY_ARTIFACT = "cycle-summary.json"

@@ -25,10 +25,10 @@ from prefect import flow
 
 from evolora.logs import get_logger
 from evolora.models import base_model_checksum
-from evolora.progress import Stage, current, stage
+from evolora.progress import PROGRESS_FILE, Stage, current, progress_file, stage
 from evolora.settings import EvolutionSettings, Settings, load_settings
 from evolora.tracking import log_resolved_config, setup_mlflow
-from evolora.vocabulary import STEP_TAG
+from evolora.vocabulary import CYCLE_SUMMARY_ARTIFACT, CYCLE_TAG, STEP_TAG
 from flows.common import generate_data, prepare_base_model
 from flows.cycle_data import (
     attempt_with_champion,
@@ -70,13 +70,20 @@ def cycle_flow(config: str | None = None, new: bool = False,
     `settings` (what the CLI loaded) wins over `config` (a name in configs/ or a YAML path,
     as a deployment passes it; None: $EVOLORA_CONFIG or `default`).
     """
+    settings = settings or load_settings(config)
+    setup_mlflow(settings)
+    journal = CycleJournal.open(settings.paths.data_dir / "cycles", new=new)
+    # The web console reads this file to show the running cycle's stage and share done.
+    with progress_file(journal.folder / PROGRESS_FILE):
+        return run_cycle(settings, journal)
+
+
+def run_cycle(settings: Settings, journal: CycleJournal) -> CycleSummary:
+    """The cycle's steps, each skipped when the journal already has its record."""
     from tasks.evolve import seed_population
 
-    settings = settings or load_settings(config)
     evo = settings.evolution
-    setup_mlflow(settings)
-    cycles_dir = settings.paths.data_dir / "cycles"
-    journal = CycleJournal.open(cycles_dir, new=new)
+    cycles_dir = journal.folder.parent
     started, resumed = time.perf_counter(), journal.resumed
     if resumed:
         log.info("cycle.resume", cycle=journal.cycle_id, members=list(journal.members))
@@ -184,11 +191,17 @@ def cycle_flow(config: str | None = None, new: bool = False,
             journal, evo, best_initial=best_initial, generations=generations,
             challenger=challenger, challenger_reason=reason, resumed=resumed,
             wall_s_this_run=time.perf_counter() - started)
-        mlflow.log_metrics({f"summary_{k}": float(v) for k, v in summary.model_dump().items()
-                            if isinstance(v, int | float) and not isinstance(v, bool)})
-        mlflow.log_dict(summary.model_dump(mode="json"), "cycle-summary.json")
+        log_cycle_summary(summary)
     journal.update(status="done", summary=summary)
     return summary
+
+
+def log_cycle_summary(summary: CycleSummary) -> None:
+    """The summary on the active (the cycle's parent) run: `summary_*` metrics and the
+    whole record as `cycle-summary.json`, what the web console's progress page reads."""
+    mlflow.log_metrics({f"summary_{k}": float(v) for k, v in summary.model_dump().items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)})
+    mlflow.log_dict(summary.model_dump(mode="json"), CYCLE_SUMMARY_ARTIFACT)
 
 
 def plan_progress(settings: Settings, journal: CycleJournal,
@@ -241,7 +254,7 @@ def _parent_run(settings: Settings, journal: CycleJournal) -> Iterator[str]:
     """The cycle's MLflow parent run (the same one when a cycle resumes); yields its id."""
     with mlflow.start_run(run_id=journal.parent_run_id,
                           run_name=None if journal.parent_run_id else f"cycle-{journal.cycle_id}",
-                          tags={STEP_TAG: "cycle", "evolora.cycle": journal.cycle_id}
+                          tags={STEP_TAG: "cycle", CYCLE_TAG: journal.cycle_id}
                           ) as parent:
         if journal.parent_run_id is None:
             journal.update(parent_run_id=parent.info.run_id)

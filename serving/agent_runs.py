@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from agent.chat_model import LocalReActChatModel
-from agent.loop import AgentRun
+from agent.loop import AgentRun, AgentStep
 from agent.memory import MAX_MEMORY_CHARS, MemoryStore
 from agent.react_agent import build_react_agent, run_react_agent
 from agent.react_format import SYSTEM_PROMPT
@@ -57,6 +58,19 @@ class _MeteredEngine:
         return replies
 
 
+@dataclass
+class PreparedRun:
+    """An agent run that passed its checks: what the agent will be asked, and with what."""
+
+    user_id: str
+    question: str
+    session_id: str | None
+    history: list[BaseMessage]
+    system_prompt: str
+    max_new_tokens: int
+    max_steps: int
+
+
 def answer_question(runtime: InferenceEngine, loader: AdapterHotLoader, store: Store,
                     memory: MemoryStore, *, user_id: str, question: str,
                     session_id: str | None, max_new_tokens: int, max_prompt_tokens: int,
@@ -67,6 +81,17 @@ def answer_question(runtime: InferenceEngine, loader: AdapterHotLoader, store: S
     history and question render to more than `max_prompt_tokens`. Nothing is stored before
     the run is done: a refused or failed request leaves no (empty) session behind.
     """
+    prepared = prepare_run(runtime, store, memory, user_id=user_id, question=question,
+                           session_id=session_id, max_new_tokens=max_new_tokens,
+                           max_prompt_tokens=max_prompt_tokens, max_steps=max_steps)
+    return run_prepared(runtime, loader, store, memory, prepared)
+
+
+def prepare_run(runtime: InferenceEngine, store: Store, memory: MemoryStore, *, user_id: str,
+                question: str, session_id: str | None, max_new_tokens: int,
+                max_prompt_tokens: int, max_steps: int = 4) -> PreparedRun:
+    """The run's prompt parts (memories, session history), once its checks pass: NotFound
+    for a session that is not the user's, PromptTooLong for a prompt over the limit."""
     # session_summary raises NotFound for an unknown session or another user's.
     summary = store.session_summary(user_id, session_id) if session_id else None
     recent = store.session_messages(user_id, session_id)[-RECENT_MESSAGES:] if session_id else []
@@ -79,13 +104,25 @@ def answer_question(runtime: InferenceEngine, loader: AdapterHotLoader, store: S
     prompt_tokens = runtime.count_tokens(first)
     if prompt_tokens > max_prompt_tokens:
         raise PromptTooLong(prompt_tokens, max_prompt_tokens)
+    return PreparedRun(user_id, question, session_id, history, system_prompt, max_new_tokens,
+                       max_steps)
+
+
+def run_prepared(runtime: InferenceEngine, loader: AdapterHotLoader, store: Store,
+                 memory: MemoryStore, prepared: PreparedRun,
+                 on_step: Callable[[AgentStep], object] | None = None) -> ServedRun:
+    """Run the agent (telling `on_step` of each tool step as it happens), then store the
+    exchange, its trace and a memory."""
+    user_id, question = prepared.user_id, prepared.question
     metered = _MeteredEngine(runtime)
     with loader.lease(None) as adapter:
         agent = build_react_agent(metered, adapter=adapter,  # type: ignore[arg-type]
-                                  system_prompt=system_prompt, max_new_tokens=max_new_tokens)
-        run = run_react_agent(agent, question, history=history, max_steps=max_steps)
+                                  system_prompt=prepared.system_prompt,
+                                  max_new_tokens=prepared.max_new_tokens)
+        run = run_react_agent(agent, question, history=prepared.history,
+                              max_steps=prepared.max_steps, on_step=on_step)
     answer = run.final_answer if run.final_answer is not None else ""
-    session_id = store.open_session(user_id, session_id)
+    session_id = store.open_session(user_id, prepared.session_id)
     store.add_message(user_id, session_id, "user", question)
     store.add_message(user_id, session_id, "assistant", answer or f"(error: {run.error})")
     run_id = store.record_trace(user_id=user_id, session_id=session_id, question=question,

@@ -175,6 +175,8 @@ class ModelList(BaseModel):
 class AgentRunRequest(BaseModel):
     question: str = Field(min_length=1, pattern=r"\S")
     session_id: str | None = Field(None, min_length=1, max_length=128)
+    stream: bool = Field(False, description="true: server-sent events, one per tool step as "
+                         "it happens, then the answer")
 
 
 class AgentRunResponse(BaseModel):
@@ -210,3 +212,11 @@ class FeedbackResponse(BaseModel):
     run_id: str
     rating: int
     recorded: bool = True
+
+
+# --- admin --------------------------------------------------------------------------------------
+
+
+class PromoteRequest(BaseModel):
+    version: str = Field(pattern=r"^[1-9][0-9]{0,8}$", description="A registered version number")
+    force: bool = Field(False, description="Skip the quality gate (never the checksum check)")

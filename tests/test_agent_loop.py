@@ -130,6 +130,28 @@ def test_langchain_agent_runs_real_tools_through_create_agent() -> None:
     assert "Observation: 3000" in runtime.prompts[1]
 
 
+def test_langchain_agent_reports_each_step_when_its_tool_has_answered() -> None:
+    from agent.react_agent import build_react_agent, run_react_agent
+
+    question = "How many meters are in 3 km, times 2?"
+    runtime = ScriptedRuntime({question: [
+        action("Convert.", "convert", "3 km to m"),
+        action("Double.", "calculator", "3000 * 2"),
+        render_final("Done.", "6000"),
+    ]})
+    seen: list[tuple[str, str, int]] = []
+    reported = []
+
+    def on_step(step: object) -> None:
+        reported.append(step)
+        seen.append((step.tool, step.observation.split()[0], len(runtime.prompts)))
+
+    run = run_react_agent(build_react_agent(runtime), question, on_step=on_step)
+    # Each step is reported once, with its tool's answer, before the next generation.
+    assert seen == [("convert", "3000", 1), ("calculator", "6000", 2)]
+    assert reported == run.steps and run.final_answer == "6000"
+
+
 def test_langchain_agent_records_malformed_output_and_step_limit() -> None:
     from agent.react_agent import build_react_agent, run_react_agent
 

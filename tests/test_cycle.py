@@ -76,6 +76,9 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
     # Elitism: a generation's best is never worse (on fitness) than the initial best.
     journal = CycleJournal.load(next((cycle_env.paths.data_dir / "cycles").iterdir()))
     assert journal is not None and journal.status == "done" and journal.summary == summary
+    # The progress file the web console reads ends with the whole plan done.
+    shown = json.loads((journal.folder / "progress.json").read_text())
+    assert shown["state"] == "done" and shown["percent"] == 100.0 and shown["stage"] is None
     initial = [journal.members[f"g0-m{i}"] for i in range(3)]
     assert generation.best_fitness >= max(m.fitness for m in initial)
     # The specialists continued the generalist and were composed as the mean of their

@@ -1,6 +1,6 @@
 """The layers import only downwards (README, "Architecture"): checked on every module's imports.
 
-    cli/, bench/, scripts/    entry points
+    cli/, console/, bench/, scripts/    entry points (the console: the web app)
     flows/, serving/          the pipeline, the service
     tasks/                    one package per stage
     agent/                    the ReAct loop, tools, memory
@@ -18,7 +18,7 @@ import pytest
 from evolora.paths import PROJECT_ROOT
 
 LEVEL = {"evolora": 0, "engines": 1, "storage": 1, "agent": 2, "tasks": 3, "flows": 4,
-         "serving": 4, "cli": 5}
+         "serving": 4, "cli": 5, "console": 5}
 # The service reaches the cycle's world only through the registry (and its records).
 SERVING_MAY_USE = ("tasks.registry", "tasks.records")
 MAX_MODULE_LINES = 500

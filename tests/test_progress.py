@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from evolora.progress import (
     Stage,
     clock_text,
     current,
+    progress_file,
     reporting,
 )
 
@@ -240,3 +242,53 @@ def test_live_progress_draws_the_status_line_and_ends_with_the_summary() -> None
     progress.close()
 
     assert screen.getvalue().rstrip().endswith("1 of 2 stages done in 0:20")
+
+
+def test_a_mirrored_reporter_keeps_a_progress_file_another_process_can_read(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    progress = planned(clock)
+    path = tmp_path / "progress.json"
+    progress.mirror_to(path)
+    assert json.loads(path.read_text())["stage"] is None
+    progress.finish("data")  # done by an earlier run: its share counts as done
+    progress.start("train/g0-m0")
+    clock.tick(9)
+    progress.advance(4)  # throttled: written, since a second has passed since the last write
+    shown = json.loads(path.read_text())
+    assert shown["state"] == "running" and shown["pid"] > 0
+    assert shown["stage"] == {"key": "train/g0-m0", "label": "train g0-m0 (generalist)",
+                              "done": 4, "units": 10, "unit": "steps"}
+    assert (shown["n"], shown["of"]) == (2, 4)
+    # The share done weighs every unit by its kind's rate: 9 s / 4 steps measured so far.
+    rate, step = 9 / 4, PRIOR_SECONDS_PER_UNIT["step"]
+    total = step + 14 * rate + 30 * PRIOR_SECONDS_PER_UNIT["eval_problem"]
+    assert shown["percent"] == pytest.approx(round(100 * (step + 4 * rate) / total, 1))
+    assert shown["remaining_s"] == pytest.approx(progress.remaining_s(), abs=0.1)
+    progress.advance(1)  # within a second of the last write: not written again
+    assert json.loads(path.read_text())["stage"]["done"] == 4
+    progress.finish()
+    assert json.loads(path.read_text())["stage"] is None
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_progress_file_ends_done_or_failed_and_works_without_a_reporter(tmp_path: Path) -> None:
+    done, failed = tmp_path / "done.json", tmp_path / "failed.json"
+    assert isinstance(current(), NullProgress)
+    # A Prefect worker's run has no reporter: a silent one is made for the block.
+    with progress_file(done) as progress:
+        assert current() is progress and not isinstance(progress, NullProgress)
+        progress.plan(STAGES[:1])
+        progress.start("data")
+        progress.finish("data")
+    assert isinstance(current(), NullProgress)
+    shown = json.loads(done.read_text())
+    assert shown["state"] == "done" and shown["percent"] == 100.0
+    with (reporting(PlainProgress(io.StringIO())) as outer, pytest.raises(RuntimeError),
+          progress_file(failed) as progress):
+        assert progress is outer
+        progress.plan(STAGES)
+        progress.start("data")
+        raise RuntimeError("killed")
+    shown = json.loads(failed.read_text())
+    assert shown["state"] == "failed" and shown["stage"]["key"] == "data"
