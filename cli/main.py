@@ -43,6 +43,11 @@ app.add_typer(keys_app, name="keys")
 from cli.serve import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
+from cli.platform import down_command, status_command, up_command  # noqa: E402
+
+app.command("up")(up_command)
+app.command("down")(down_command)
+app.command("status")(status_command)
 data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -271,6 +271,13 @@ class ServingSettings(Section):
         "accepted besides 127.0.0.1, localhost and [::1] on the service's port; `name` for "
         "the service's port, `name:port` for another (an Origin such as a local web UI).")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data.")
+    shutdown_grace_s: float = Field(
+        5.0, gt=0, le=600, description="On SIGTERM, how long requests in flight may run on; "
+        "then they are cancelled and the engine stops: the service is gone within this plus "
+        "~5 s, whatever it was generating.")
+    generation_timeout_s: float = Field(
+        120.0, gt=0, description="Wall-clock limit of one generation; past it the generation "
+        "is cancelled (the llama.cpp slot is freed) and the request answered with 504.")
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -306,6 +313,38 @@ class MemorySettings(Section):
     top_k: int = Field(4, gt=0)
 
 
+PlatformComponent = Literal["prefect-server", "prefect-worker", "mlflow", "service"]
+
+
+class PlatformSettings(Section):
+    """`evolora up`: which components run under the supervisor, and on which ports."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the Prefect and MLflow "
+                      "servers (the service binds to serving.host).")
+    prefect_port: int = Field(4200, gt=0, lt=65536)
+    mlflow_port: int = Field(5000, gt=0, lt=65536)
+    work_pool: str = Field("evolora-local", min_length=1, description="The process work "
+                           "pool the worker serves; the deployments in prefect.yaml name it.")
+    components: list[PlatformComponent] = Field(
+        default_factory=lambda: ["prefect-server", "prefect-worker", "mlflow", "service"],
+        description="What `evolora up` runs; a Chroma server joins them when "
+        "memory.chroma_url points at this machine.")
+    start_retries: int = Field(5, ge=0, le=100, description="Restarts of a component that "
+                               "dies while starting (1 s, 2 s, ... apart) before it is FATAL.")
+    start_timeout_s: float = Field(180.0, gt=0, description="How long `evolora up` waits for "
+                                   "every component to be healthy.")
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> PlatformSettings:
+        if self.host not in {"127.0.0.1", "localhost", "::1"}:
+            raise ValueError(f"platform.host is {self.host!r}: the Prefect and MLflow servers "
+                             "have no authentication; keep them on 127.0.0.1")
+        if "prefect-worker" in self.components and "prefect-server" not in self.components:
+            raise ValueError("platform.components has prefect-worker without prefect-server: "
+                             "the worker needs the server; add prefect-server")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything evolora reads: one YAML file's sections, overridden by EVOLORA_* variables."""
 
@@ -325,6 +364,7 @@ class Settings(BaseSettings):
     evolution: EvolutionSettings = Field(default_factory=EvolutionSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
 
     @classmethod
     def settings_customise_sources(
