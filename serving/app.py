@@ -10,13 +10,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 
-from engines.engine import ContextExceeded
+from engines.engine import ContextExceeded, GenerationTimeout
 from evolora.logs import get_logger
+from evolora.platform import recoveries_path
 from evolora.settings import Settings
 from serving.deps import Services
 from serving.limits import BodySizeLimit, InFlightLimiter, RateLimiter, TokenBudget, error_body
 from serving.metrics import ServingMetrics
 from serving.middleware import LoopbackHostGuard, RequestMetrics
+from serving.ops_metrics import OperationsCollector
 from serving.routes import admin, agent, chat, feedback, health, memories
 from serving.startup import open_services
 from storage.store import NotFound, StoreError
@@ -27,6 +29,9 @@ log = get_logger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """The service for `settings`; nothing heavy happens until the app starts."""
     metrics = ServingMetrics()
+    metrics.add_scrape_collector(OperationsCollector(
+        settings.paths.resolved_tracking_uri, settings.evolution.registry_model_name,
+        recoveries_path(settings)))
     serving = settings.serving
     services = Services(settings, metrics, RateLimiter(serving.rate_limit_per_minute),
                         TokenBudget(serving.token_limit_per_minute),
@@ -53,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(StoreError, store_error)
     app.add_exception_handler(ContextExceeded, context_exceeded)
+    app.add_exception_handler(GenerationTimeout, generation_timeout)
     app.add_exception_handler(Exception, internal_error)
     # The last added runs first: metrics see every response, the guards' 4xx too.
     if not serving.auth_enabled:
@@ -84,6 +90,17 @@ async def context_exceeded(request: Request, exc: Exception) -> JSONResponse:
                f"(or lower serving.max_prompt_tokens to the model's context): {exc}")
     return JSONResponse(error_body(message, "invalid_request_error", "context_length_exceeded"),
                         status_code=400)
+
+
+async def generation_timeout(request: Request, exc: Exception) -> JSONResponse:
+    """A generation cancelled at serving.generation_timeout_s: 504, counted and logged."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is not None:
+        services.metrics.generation_timeouts.inc()
+    log.warning("serving.generation_timeout", path=request.url.path, error=str(exc))
+    return JSONResponse(error_body(f"{exc}; ask for fewer tokens (max_tokens) or raise "
+                                   "serving.generation_timeout_s", "timeout_error",
+                                   "generation_timeout"), status_code=504)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
