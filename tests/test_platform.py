@@ -168,6 +168,79 @@ def test_the_ui_run_button_runs_a_cycle_on_the_worker(platform: Platform) -> Non
     assert summary.promoted, summary.gate_reasons  # an empty registry admits the first
 
 
+def test_a_backup_taken_while_serving_restores_the_champion_and_the_memories(
+        platform: Platform, tmp_path: Path) -> None:
+    import threading
+
+    from serving.app import create_app
+    from serving.local_server import running_server
+    from storage.store import Store
+
+    platform.cli("keys", "create", "ops-test", "--user", "local", "--add-to-user")
+    run = httpx.post(f"{platform.service}/v1/agent/runs", timeout=120,
+                     json={"question": "My favourite number is 4117. What is 3 + 4?"})
+    assert run.status_code == 200, run.text
+    session = run.json()["session_id"]
+    memories = httpx.get(f"{platform.service}/v1/memories").json()["data"]
+    assert memories
+    ready = httpx.get(f"{platform.service}/readyz").json()
+    assert ready["version"] is not None  # the champion the trigger test promoted
+    keys_before = sorted(k.name for k in Store.from_settings(platform.settings).list_keys())
+
+    # Requests keep coming while the backup is taken.
+    answered: list[int] = []
+    stop = threading.Event()
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            answered.append(httpx.post(f"{platform.service}/v1/agent/runs", timeout=120, json={
+                "question": "What is 2 + 2?", "session_id": session}).status_code)
+
+    asking = threading.Thread(target=keep_asking)
+    asking.start()
+    try:
+        time.sleep(1)
+        archive = tmp_path / "evolora-backup.tar.gz"
+        created = platform.cli("backup", "create", str(archive), "-c", "tiny", "--json")
+    finally:
+        stop.set()
+        asking.join(120)
+    assert answered and set(answered) == {200}
+    assert json.loads(created.stdout)["files"] > 5
+
+    restored_env = {**platform.env,
+                    "EVOLORA_PATHS__DATA_DIR": str(tmp_path / "restored" / "data"),
+                    "EVOLORA_PATHS__MLRUNS_DIR": str(tmp_path / "restored" / "mlruns")}
+    # A truncated archive is refused, naming where it broke, and restores nothing.
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size * 2 // 3])
+    refused = subprocess.run([sys.executable, "-m", "cli", "backup", "restore", str(truncated),
+                              "-c", "tiny"], env=restored_env, cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "truncated or corrupt: reading " in refused.stderr
+    assert not (tmp_path / "restored" / "data").exists()
+
+    restore = subprocess.run([sys.executable, "-m", "cli", "backup", "restore", str(archive),
+                              "-c", "tiny"], env=restored_env, cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert restore.returncode == 0, restore.stderr
+    with mock.patch.dict(os.environ, restored_env, clear=True):
+        restored = load_settings("tiny")
+    assert sorted(k.name for k in Store.from_settings(restored).list_keys()) == keys_before
+    with running_server(create_app(restored)) as url:
+        assert httpx.get(f"{url}/readyz").json()["version"] == ready["version"]
+        found = httpx.get(f"{url}/v1/memories/search", params={"q": "favourite number 4117"}
+                          ).json()["data"]
+        assert memories[0]["id"] in {m["id"] for m in found}
+        assert {m["id"] for m in memories} <= {
+            m["id"] for m in httpx.get(f"{url}/v1/memories", params={"limit": 500}
+                                       ).json()["data"]}
+        history = httpx.post(f"{url}/v1/agent/runs", timeout=120, json={
+            "question": "And 1 + 1?", "session_id": session})
+        assert history.status_code == 200, history.text  # the session came along
+
+
 def test_kill_9_of_the_service_and_the_worker_heals_without_a_hand(platform: Platform) -> None:
     before = {c["name"]: c for c in platform.status()["components"]}
     killed_at = time.monotonic()
