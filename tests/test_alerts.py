@@ -75,7 +75,18 @@ def test_every_dashboard_expression_is_valid_promql(tmp_path: Path) -> None:
                ["panels"])
 
 
-def exported_names(tmp_path: Path) -> set[str]:
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MLflow store for the module (creating one costs ~10 s): empty until the exporter
+    test records its cycles; the metric-names test, after it, reads those."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def exported_names(tmp_path: Path, db: Path) -> set[str]:
     """Sample names the service's registry exposes (with a cycle in MLflow and a recovery)."""
     from evolora.platform import write_recoveries
     from serving.metrics import ScrapeTimeCollector, ServingMetrics
@@ -86,7 +97,7 @@ def exported_names(tmp_path: Path) -> set[str]:
     metrics = ServingMetrics()
     metrics.add_scrape_collector(ScrapeTimeCollector(lambda: 3))
     metrics.add_scrape_collector(OperationsCollector(
-        f"sqlite:///{tmp_path / 'mlflow.db'}", "evolora-adapter", recoveries))
+        f"sqlite:///{db}", "evolora-adapter", recoveries))
     metrics.requests.labels("POST", "/v1/chat/completions", "200").inc()
     metrics.latency.labels("POST", "/v1/chat/completions").observe(1)
     metrics.refused.labels("checksum").inc()
@@ -99,9 +110,31 @@ def exported_names(tmp_path: Path) -> set[str]:
     return names | set(re.findall(r'"(evolora_gpu_[a-z_]+)"', source)) | {"up"}
 
 
-def test_rules_and_dashboard_read_only_metrics_the_service_exports(tmp_path: Path) -> None:
-    record_cycle(tmp_path / "mlflow.db", status="FINISHED", accuracy=0.5)
-    names = exported_names(tmp_path)
+def test_the_exporter_reports_the_last_cycle_and_the_last_success(tmp_path: Path,
+                                                                   mlflow_db: Path) -> None:
+    from serving.ops_metrics import OperationsCollector
+
+    db = mlflow_db
+    collector = OperationsCollector(f"sqlite:///{db}", "evolora-adapter",
+                                    tmp_path / "none.json")
+    first = {m.name: m for m in collector.collect()}
+    assert first["evolora_last_successful_cycle_timestamp_seconds"].samples[0].value == 0
+    record_cycle(db, "FINISHED", 0.42)
+    record_cycle(db, "FAILED", 0.0)
+    collector._cached = None  # the 30 s cache, skipped
+    values = {m.name: m.samples for m in collector.collect()}
+    assert values["evolora_last_cycle_failed"][0].value == 1.0
+    assert values["evolora_last_cycle_info"][0].labels == {"cycle": "FAILED",
+                                                          "status": "FAILED"}
+    assert values["evolora_champion_test_accuracy"][0].value == pytest.approx(0.42)
+    assert values["evolora_last_successful_cycle_timestamp_seconds"][0].value > 1.7e9
+    assert values["evolora_champion_version"][0].value == 0.0  # nothing registered
+
+
+def test_rules_and_dashboard_read_only_metrics_the_service_exports(
+        tmp_path: Path, mlflow_db: Path) -> None:
+    names = exported_names(tmp_path, mlflow_db)
+    assert "evolora_last_cycle_failed" in names  # the exporter test's cycles are there
     used = set()
     for expr in [rule["expr"] for rule in alert_rules()] + dashboard_exprs():
         expr = re.sub(r"\{[^}]*\}|\"[^\"]*\"", "", expr)  # drop selectors and strings
@@ -121,23 +154,3 @@ def record_cycle(db: Path, status: str, accuracy: float) -> None:
     run = client.create_run(experiment_id, tags={STEP_TAG: "cycle", "evolora.cycle": status})
     client.log_metric(run.info.run_id, "summary_champion", accuracy)
     client.set_terminated(run.info.run_id, status)
-
-
-def test_the_exporter_reports_the_last_cycle_and_the_last_success(tmp_path: Path) -> None:
-    from serving.ops_metrics import OperationsCollector
-
-    db = tmp_path / "mlflow.db"
-    collector = OperationsCollector(f"sqlite:///{db}", "evolora-adapter",
-                                    tmp_path / "none.json")
-    first = {m.name: m for m in collector.collect()}
-    assert first["evolora_last_successful_cycle_timestamp_seconds"].samples[0].value == 0
-    record_cycle(db, "FINISHED", 0.42)
-    record_cycle(db, "FAILED", 0.0)
-    collector._cached = None  # the 30 s cache, skipped
-    values = {m.name: m.samples for m in collector.collect()}
-    assert values["evolora_last_cycle_failed"][0].value == 1.0
-    assert values["evolora_last_cycle_info"][0].labels == {"cycle": "FAILED",
-                                                          "status": "FAILED"}
-    assert values["evolora_champion_test_accuracy"][0].value == pytest.approx(0.42)
-    assert values["evolora_last_successful_cycle_timestamp_seconds"][0].value > 1.7e9
-    assert values["evolora_champion_version"][0].value == 0.0  # nothing registered
