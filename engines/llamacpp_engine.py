@@ -213,15 +213,28 @@ class LlamaCppEngine(ChatText):
                  top_p: float = 1.0, adapter: str | None = None) -> list[str]:
         """Continue each prompt on `adapter`; up to `slots` decode at once, batched.
 
-        Each reply is read as a token stream, so a generation past `request_timeout_s`, or
-        one running when the engine closes, is cancelled at its next token (GenerationTimeout
-        / AdapterError) instead of holding its slot to the end."""
+        A reply not back within `request_timeout_s` raises GenerationTimeout: the request
+        is dropped, and llama.cpp cancels a task whose connection closed."""
         adapter = adapter or BASE_ADAPTER
         with self._lease() as instance:
             bodies = [self._body(instance, prompt, adapter, max_new_tokens, stop, temperature,
                                  top_p) for prompt in prompts]
-            texts = list(self._pool.map(
-                lambda body: "".join(self._pieces(instance, body)), bodies))
+
+            def one(body: dict[str, Any]) -> str:
+                try:
+                    response = instance.client.post("/completion", json=body)
+                except httpx.TimeoutException:
+                    raise self._timed_out() from None
+                _raise_for(response)
+                return str(response.json()["content"])
+
+            # One prompt (every service request) runs on the caller's thread: a pool
+            # thread would be joined at interpreter exit, holding a stopping service.
+            # One prompt (every service request) is read as a stream on the caller's thread,
+            # so a time limit or the engine closing ends it at the next token (a blocked
+            # non-streamed request would hold a stopping service until it finished).
+            texts = [self._reply(instance, bodies[0])] if len(bodies) == 1 \
+                else list(self._pool.map(one, bodies))
         return [cut_at_stop(text, stop or []) for text in texts]
 
     def stream(self, prompt: str, *, adapter: str, max_new_tokens: int = 96,
@@ -236,7 +249,24 @@ class LlamaCppEngine(ChatText):
                               top_p)
             yield from self._pieces(instance, body)
 
-    def _pieces(self, instance: _Instance, body: dict[str, Any]) -> Iterator[str]:
+    def _reply(self, instance: _Instance, body: dict[str, Any]) -> str:
+        """One reply, streamed, with the text llama.cpp's non-streamed reply has.
+
+        The stop strings are matched here (leaving at one closes the stream, which ends the
+        generation there): llama.cpp's stream holds back text that could begin a stop
+        string and drops it when generation ends at the length limit. Tokens of an
+        unfinished UTF-8 character at the end become one U+FFFD, as in the non-streamed
+        text."""
+        stop = body["stop"]
+        text, held = "", [0]
+        for piece in self._pieces(instance, {**body, "stop": []}, held):
+            text += piece
+            if stop and any(s in text[-(len(piece) + max(map(len, stop))):] for s in stop):
+                return text
+        return text + "\ufffd" if held[0] else text
+
+    def _pieces(self, instance: _Instance, body: dict[str, Any],
+                held: list[int] | None = None) -> Iterator[str]:
         """The reply's pieces from llama.cpp's token stream, within the time limit.
 
         Leaving early (a limit, the engine closing, the reader gone) closes the HTTP
@@ -262,6 +292,9 @@ class LlamaCppEngine(ChatText):
                 if not line.startswith("data: "):
                     continue
                 event = json.loads(line[len("data: "):])
+                if held is not None:  # tokens generated whose text is not sent yet
+                    held[0] = 0 if event.get("content") else held[0] + len(
+                        event.get("tokens") or [])
                 if event.get("content"):
                     yield str(event["content"])
                 if event.get("stop"):
