@@ -47,6 +47,14 @@ app.command("serve")(serve_command)
 from cli.web import console_command  # noqa: E402
 
 app.command("console")(console_command)
+from cli.platform import down_command, status_command, up_command  # noqa: E402
+
+app.command("up")(up_command)
+app.command("down")(down_command)
+app.command("status")(status_command)
+from cli.backup import backup_app  # noqa: E402
+
+app.add_typer(backup_app, name="backup")
 data_app = typer.Typer(help="Verified synthetic data and the frozen test set.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -26,7 +26,10 @@ def serve_command(
     settings = with_bind_address(settings_or_exit(config), host, port)
     serving = settings.serving
     uvicorn.run(create_app(settings), host=serving.host, port=serving.port,
-                log_level=state.log_level.lower(), access_log=False)
+                log_level=state.log_level.lower(), access_log=False,
+                # SIGTERM: requests in flight get this long, then are cancelled and the
+                # lifespan stops the engine (which cancels its generations).
+                timeout_graceful_shutdown=max(1, round(serving.shutdown_grace_s)))
 
 
 def with_bind_address(settings: Settings, host: str | None, port: int | None) -> Settings:

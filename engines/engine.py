@@ -30,6 +30,11 @@ class ContextExceeded(AdapterError):
     """A prompt (with what a request may generate) longer than the engine's context."""
 
 
+class GenerationTimeout(AdapterError):
+    """A generation cancelled because it ran past its wall-clock limit
+    (serving.generation_timeout_s); the engine freed what it held."""
+
+
 class InferenceEngine(Protocol):
     """Generation on a base model plus named adapters, safe to call from many threads."""
 
@@ -134,4 +139,5 @@ def open_engine(settings: Settings, model_path: str, *, slots: int | None = None
         work_dir=settings.paths.data_dir / "engine" / "adapters",
         slots=slots or settings.serving.parallel_slots,
         slot_context=settings.serving.slot_context,
-        threads=cpu_threads(settings.model.threads), adapters=adapters)
+        threads=cpu_threads(settings.model.threads), adapters=adapters,
+        request_timeout_s=settings.serving.generation_timeout_s)

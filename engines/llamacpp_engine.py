@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from engines.engine import ContextExceeded
+from engines.engine import ContextExceeded, GenerationTimeout
 from engines.gguf_lora import ADAPTER_GGUF_NAME, convert_adapter, verify_checksum
 from engines.llama_server import EmbeddedLlamaServer
 from engines.transformers_runtime import (
@@ -78,13 +78,17 @@ class LlamaCppEngine(ChatText):
 
     def __init__(self, base_gguf: Path, tokenizer_dir: str | Path, *, work_dir: Path,
                  slots: int = 4, slot_context: int = 2048, threads: int = 2,
-                 adapters: Mapping[str, Path] | None = None) -> None:
+                 adapters: Mapping[str, Path] | None = None,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.base_gguf = Path(base_gguf)
         self.tokenizer = load_tokenizer(str(tokenizer_dir))
         self.work_dir = Path(work_dir)
         self.slots = slots
         self.slot_context = slot_context
         self.threads = threads
+        # One generation's wall-clock limit: past it the HTTP request is dropped, and
+        # llama.cpp cancels a task whose connection closed (the slot is freed).
+        self.request_timeout_s = request_timeout_s
         self._sources: dict[str, str] = {}  # adapter name -> the folder it came from
         self._gguf: dict[str, Path] = {}  # adapter name -> its GGUF LoRA file
         self._owned: set[Path] = set()  # GGUF files we converted (deleted on detach)
@@ -166,7 +170,8 @@ class LlamaCppEngine(ChatText):
             self.base_gguf, n_threads=self.threads, n_parallel=self.slots,
             ctx_size=self.slots * self.slot_context, lora_paths=[adapters[n] for n in names])
         server.start()
-        client = httpx.Client(base_url=server.root_url, timeout=REQUEST_TIMEOUT_S,
+        client = httpx.Client(base_url=server.root_url,
+                              timeout=httpx.Timeout(self.request_timeout_s, connect=10.0),
                               limits=httpx.Limits(max_connections=self.slots * 4))
         return _Instance(server, {n: i for i, n in enumerate(names)}, client)
 
@@ -206,18 +211,30 @@ class LlamaCppEngine(ChatText):
     def generate(self, prompts: list[str], max_new_tokens: int = 96,
                  stop: list[str] | None = None, temperature: float = 0.0,
                  top_p: float = 1.0, adapter: str | None = None) -> list[str]:
-        """Continue each prompt on `adapter`; up to `slots` decode at once, batched."""
+        """Continue each prompt on `adapter`; up to `slots` decode at once, batched.
+
+        A reply not back within `request_timeout_s` raises GenerationTimeout: the request
+        is dropped, and llama.cpp cancels a task whose connection closed."""
         adapter = adapter or BASE_ADAPTER
         with self._lease() as instance:
             bodies = [self._body(instance, prompt, adapter, max_new_tokens, stop, temperature,
                                  top_p) for prompt in prompts]
 
             def one(body: dict[str, Any]) -> str:
-                response = instance.client.post("/completion", json=body)
+                try:
+                    response = instance.client.post("/completion", json=body)
+                except httpx.TimeoutException:
+                    raise self._timed_out() from None
                 _raise_for(response)
                 return str(response.json()["content"])
 
-            texts = list(self._pool.map(one, bodies))
+            # One prompt (every service request) runs on the caller's thread: a pool
+            # thread would be joined at interpreter exit, holding a stopping service.
+            # One prompt (every service request) is read as a stream on the caller's thread,
+            # so a time limit or the engine closing ends it at the next token (a blocked
+            # non-streamed request would hold a stopping service until it finished).
+            texts = [self._reply(instance, bodies[0])] if len(bodies) == 1 \
+                else list(self._pool.map(one, bodies))
         return [cut_at_stop(text, stop or []) for text in texts]
 
     def stream(self, prompt: str, *, adapter: str, max_new_tokens: int = 96,
@@ -230,19 +247,64 @@ class LlamaCppEngine(ChatText):
         with self._lease() as instance:
             body = self._body(instance, prompt, adapter, max_new_tokens, stop, temperature,
                               top_p)
-            body["stream"] = True
-            with instance.client.stream("POST", "/completion", json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _raise_for(response)
-                for line in response.iter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    event = json.loads(line[len("data: "):])
-                    if event.get("content"):
-                        yield str(event["content"])
-                    if event.get("stop"):
-                        break
+            yield from self._pieces(instance, body)
+
+    def _reply(self, instance: _Instance, body: dict[str, Any]) -> str:
+        """One reply, streamed, with the text llama.cpp's non-streamed reply has.
+
+        The stop strings are matched here (leaving at one closes the stream, which ends the
+        generation there): llama.cpp's stream holds back text that could begin a stop
+        string and drops it when generation ends at the length limit. Tokens of an
+        unfinished UTF-8 character at the end become one U+FFFD, as in the non-streamed
+        text."""
+        stop = body["stop"]
+        text, held = "", [0]
+        for piece in self._pieces(instance, {**body, "stop": []}, held):
+            text += piece
+            if stop and any(s in text[-(len(piece) + max(map(len, stop))):] for s in stop):
+                return text
+        return text + "\ufffd" if held[0] else text
+
+    def _pieces(self, instance: _Instance, body: dict[str, Any],
+                held: list[int] | None = None) -> Iterator[str]:
+        """The reply's pieces from llama.cpp's token stream, within the time limit.
+
+        Leaving early (a limit, the engine closing, the reader gone) closes the HTTP
+        stream, and llama.cpp cancels a task whose connection closed."""
+        deadline = time.monotonic() + self.request_timeout_s
+        with instance.client.stream("POST", "/completion", json={**body, "stream": True}
+                                    ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            lines = response.iter_lines()
+            while True:
+                try:
+                    line = next(lines)
+                except StopIteration:
+                    return
+                except httpx.TimeoutException:
+                    raise self._timed_out() from None
+                if time.monotonic() > deadline:
+                    raise self._timed_out()
+                if self._closed:
+                    raise AdapterError("the llama.cpp engine closed during the generation")
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[len("data: "):])
+                if held is not None:  # tokens generated whose text is not sent yet
+                    held[0] = 0 if event.get("content") else held[0] + len(
+                        event.get("tokens") or [])
+                if event.get("content"):
+                    yield str(event["content"])
+                if event.get("stop"):
+                    return
+
+    def _timed_out(self) -> GenerationTimeout:
+        log.warning("engine.generation_timeout", engine=self.engine_name,
+                    limit_s=self.request_timeout_s)
+        return GenerationTimeout(f"the generation ran past {self.request_timeout_s:g} s "
+                                 "(serving.generation_timeout_s) and was cancelled")
 
     def close(self) -> None:
         """Stop every instance (in-flight requests on a retired one are cut)."""

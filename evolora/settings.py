@@ -7,7 +7,6 @@ message lists every problem at once, each with its key and how to fix it.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
@@ -31,10 +30,14 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from evolora.config_errors import (
+    ENV_PREFIX,
+    describe_env_error,
+    describe_validation_errors,
+)
 from evolora.paths import CONFIGS_DIR, DEFAULT_DATA_DIR, DEFAULT_MLRUNS_DIR, resolve_config_path
 from evolora.vocabulary import REGISTERED_MODEL_NAME, CombinationType
 
-ENV_PREFIX = "EVOLORA_"
 DEFAULT_CONFIG_NAME = "default"
 
 
@@ -322,6 +325,13 @@ class ServingSettings(Section):
         default_factory=list, description="Fault injection (tests, drills): the engine's "
         "generations with these numbers (1-based, counted from start-up) raise "
         "torch.cuda.OutOfMemoryError.")
+    shutdown_grace_s: float = Field(
+        5.0, gt=0, le=600, description="On SIGTERM, how long requests in flight may run on; "
+        "then they are cancelled and the engine stops: the service is gone within this plus "
+        "~5 s, whatever it was generating.")
+    generation_timeout_s: float = Field(
+        120.0, gt=0, description="Wall-clock limit of one generation; past it the generation "
+        "is cancelled (the llama.cpp slot is freed) and the request answered with 504.")
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -357,6 +367,38 @@ class MemorySettings(Section):
     top_k: int = Field(4, gt=0)
 
 
+PlatformComponent = Literal["prefect-server", "prefect-worker", "mlflow", "service"]
+
+
+class PlatformSettings(Section):
+    """`evolora up`: which components run under the supervisor, and on which ports."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the Prefect and MLflow "
+                      "servers (the service binds to serving.host).")
+    prefect_port: int = Field(4200, gt=0, lt=65536)
+    mlflow_port: int = Field(5000, gt=0, lt=65536)
+    work_pool: str = Field("evolora-local", min_length=1, description="The process work "
+                           "pool the worker serves; the deployments in prefect.yaml name it.")
+    components: list[PlatformComponent] = Field(
+        default_factory=lambda: ["prefect-server", "prefect-worker", "mlflow", "service"],
+        description="What `evolora up` runs; a Chroma server joins them when "
+        "memory.chroma_url points at this machine.")
+    start_retries: int = Field(5, ge=0, le=100, description="Restarts of a component that "
+                               "dies while starting (1 s, 2 s, ... apart) before it is FATAL.")
+    start_timeout_s: float = Field(180.0, gt=0, description="How long `evolora up` waits for "
+                                   "every component to be healthy.")
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> PlatformSettings:
+        if self.host not in {"127.0.0.1", "localhost", "::1"}:
+            raise ValueError(f"platform.host is {self.host!r}: the Prefect and MLflow servers "
+                             "have no authentication; keep them on 127.0.0.1")
+        if "prefect-worker" in self.components and "prefect-server" not in self.components:
+            raise ValueError("platform.components has prefect-worker without prefect-server: "
+                             "the worker needs the server; add prefect-server")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything evolora reads: one YAML file's sections, overridden by EVOLORA_* variables."""
 
@@ -376,6 +418,7 @@ class Settings(BaseSettings):
     evolution: EvolutionSettings = Field(default_factory=EvolutionSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -427,73 +470,4 @@ def load_settings(config: str | Path | None = None) -> Settings:
         raise ConfigError(str(path), describe_validation_errors(exc)) from None
     except SettingsError as exc:
         # An EVOLORA_* variable that pydantic-settings cannot even parse (a list not in JSON).
-        raise ConfigError(str(path), [_describe_env_error(exc)]) from None
-
-
-def _describe_env_error(exc: SettingsError) -> str:
-    cause = f": {exc.__cause__}" if exc.__cause__ else ""
-    section = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
-    prefix = f"{ENV_PREFIX}{section.upper()}"
-    names = sorted(n for n in os.environ if n.upper().startswith(prefix)) if section else []
-    where = f" (set: {', '.join(names)})" if names else ""
-    return (
-        f"{exc}{cause}{where} (fix: lists and mappings in {ENV_PREFIX}* variables are JSON, "
-        f"e.g. {ENV_PREFIX}TRAIN__TARGET_MODULES='[\"q_proj\", \"v_proj\"]')"
-    )
-
-
-def describe_validation_errors(exc: ValidationError) -> list[str]:
-    """One line per pydantic error: the dotted key, what is wrong, and the fix."""
-    problems = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        # A secret's bad value is still a secret: never echo it into a terminal or a log.
-        secret = _is_secret_key(error["loc"])
-        echo = error["type"] not in _NO_INPUT_ECHO
-        got = " (got ***)" if echo and secret else f" (got {error.get('input')!r})" if echo else ""
-        message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{key}: {message}{got}{_fix_hint(error)}")
-    return problems
-
-
-def _is_secret_key(loc: tuple[Any, ...]) -> bool:
-    return any(isinstance(p, str) and p.endswith(("api_key", "password", "token")) for p in loc)
-
-
-# Errors whose input is the whole section (model validators) or absent: not worth echoing.
-_NO_INPUT_ECHO = {"extra_forbidden", "missing", "value_error"}
-
-
-def _fix_hint(error: Any) -> str:
-    kind = error["type"]
-    loc = error["loc"]
-    if kind == "extra_forbidden":
-        siblings = _known_keys(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), siblings, n=1)
-        if close:
-            return f" (fix: did you mean `{close[0]}`?)"
-        return f" (fix: remove it; known keys here: {', '.join(sorted(siblings))})"
-    if kind == "missing":
-        return " (fix: add this key)"
-    if kind == "value_error":
-        return ""  # our validators' messages already say what to change
-    if any(isinstance(p, int) for p in loc):
-        # An item of a list: a variable can only replace the whole list (as JSON).
-        return " (fix: change it in the YAML)"
-    env_name = ENV_PREFIX + "__".join(str(p).upper() for p in loc)
-    return f" (fix: change it in the YAML or set {env_name})"
-
-
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = Settings
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        inner = getattr(annotation, "__args__", (annotation,))
-        nested = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not nested:
-            return []
-        model = nested[0]
-    return list(model.model_fields)
+        raise ConfigError(str(path), [describe_env_error(exc)]) from None

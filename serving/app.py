@@ -10,14 +10,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 
-from engines.engine import ContextExceeded
+from engines.engine import ContextExceeded, GenerationTimeout
 from engines.transformers_runtime import EngineOutOfMemory
 from evolora.logs import get_logger
+from evolora.platform import recoveries_path
 from evolora.settings import Settings
 from serving.deps import Services
 from serving.limits import BodySizeLimit, InFlightLimiter, RateLimiter, TokenBudget, error_body
 from serving.metrics import ServingMetrics
 from serving.middleware import LoopbackHostGuard, RequestMetrics
+from serving.ops_metrics import OperationsCollector
 from serving.routes import admin, agent, chat, feedback, health, memories
 from serving.startup import open_services
 from storage.store import NotFound, StoreError
@@ -28,6 +30,9 @@ log = get_logger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """The service for `settings`; nothing heavy happens until the app starts."""
     metrics = ServingMetrics()
+    metrics.add_scrape_collector(OperationsCollector(
+        settings.paths.resolved_tracking_uri, settings.evolution.registry_model_name,
+        recoveries_path(settings)))
     serving = settings.serving
     services = Services(settings, metrics, RateLimiter(serving.rate_limit_per_minute),
                         TokenBudget(serving.token_limit_per_minute),
@@ -55,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StoreError, store_error)
     app.add_exception_handler(ContextExceeded, context_exceeded)
     app.add_exception_handler(EngineOutOfMemory, out_of_memory)
+    app.add_exception_handler(GenerationTimeout, generation_timeout)
     app.add_exception_handler(Exception, internal_error)
     # The last added runs first: metrics see every response, the guards' 4xx too.
     if not serving.auth_enabled:
@@ -96,6 +102,17 @@ async def out_of_memory(request: Request, exc: Exception) -> JSONResponse:
                "retry shortly (a shorter prompt or max_tokens needs less)")
     return JSONResponse(error_body(message, "server_error", "out_of_memory"), status_code=503,
                         headers={"Retry-After": str(retry_after)})
+
+
+async def generation_timeout(request: Request, exc: Exception) -> JSONResponse:
+    """A generation cancelled at serving.generation_timeout_s: 504, counted and logged."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is not None:
+        services.metrics.generation_timeouts.inc()
+    log.warning("serving.generation_timeout", path=request.url.path, error=str(exc))
+    return JSONResponse(error_body(f"{exc}; ask for fewer tokens (max_tokens) or raise "
+                                   "serving.generation_timeout_s", "timeout_error",
+                                   "generation_timeout"), status_code=504)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

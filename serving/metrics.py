@@ -7,6 +7,7 @@ figures are read at scrape time by `ScrapeTimeCollector` (psutil, NVML where pre
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -58,6 +59,9 @@ class ServingMetrics:
                                "checksum or load failure).", ["reason"], registry=r)
         self.rate_limited = Counter("evolora_rate_limited", "Requests refused with 429.",
                                     registry=r)
+        self.generation_timeouts = Counter(
+            "evolora_generation_timeouts", "Generations cancelled at "
+            "serving.generation_timeout_s (answered 504).", registry=r)
         self.agent_runs = Counter("evolora_agent_runs", "Agent runs by outcome.", ["outcome"],
                                   registry=r)
         self.set_serving(None, "base")
@@ -94,6 +98,9 @@ class ScrapeTimeCollector(Collector):
                                 value=self._process.cpu_percent(None))
         yield GaugeMetricFamily("evolora_process_rss_bytes", "Process resident memory.",
                                 value=self._process.memory_info().rss)
+        yield GaugeMetricFamily("evolora_memory_limit_bytes", "Memory this process may use: "
+                                "its cgroup's limit, else the machine's RAM.",
+                                value=memory_limit_bytes())
         if self._memory_count is not None:
             try:
                 count = self._memory_count()
@@ -111,16 +118,30 @@ class ScrapeTimeCollector(Collector):
                                  labels=["gpu"])
         used = GaugeMetricFamily("evolora_gpu_memory_used_bytes", "GPU memory used.",
                                  labels=["gpu"])
+        total = GaugeMetricFamily("evolora_gpu_memory_total_bytes", "GPU memory in all.",
+                                  labels=["gpu"])
         try:
             for index in range(self._nvml.nvmlDeviceGetCount()):
                 handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
                 util.add_metric([str(index)], self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-                used.add_metric([str(index)], self._nvml.nvmlDeviceGetMemoryInfo(handle).used)
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+                used.add_metric([str(index)], memory.used)
+                total.add_metric([str(index)], memory.total)
         except self._nvml.NVMLError as exc:
             log.warning("metrics.nvml_failed", error=str(exc))
             return
         yield util
         yield used
+        yield total
+
+
+def memory_limit_bytes() -> float:
+    """The cgroup v2 memory limit where one is set, else the machine's total RAM."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        limit = "max"
+    return float(limit) if limit.isdigit() else float(psutil.virtual_memory().total)
 
 
 def _init_nvml() -> Any:

@@ -11,6 +11,7 @@ from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
 
 from evolora.paths import PROJECT_ROOT
+from evolora.settings import PlatformSettings
 
 DEPLOYMENTS = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
 
@@ -30,7 +31,7 @@ def test_deployment_entrypoint_is_a_flow_taking_its_parameters(deployment: dict)
     config = deployment.get("parameters", {}).get("config")
     if config:
         assert (PROJECT_ROOT / "configs" / f"{config}.yaml").is_file()
-    assert deployment["work_pool"]["name"] == "evolora-local"
+    assert deployment["work_pool"]["name"] == PlatformSettings().work_pool == "evolora-local"
 
 
 def test_nightly_cycle_is_scheduled_every_night() -> None:

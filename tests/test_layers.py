@@ -18,7 +18,7 @@ import pytest
 from evolora.paths import PROJECT_ROOT
 
 LEVEL = {"evolora": 0, "engines": 1, "storage": 1, "agent": 2, "tasks": 3, "flows": 4,
-         "serving": 4, "cli": 5, "console": 5}
+         "serving": 4, "ops": 4, "cli": 5, "console": 5}
 # The service reaches the cycle's world only through the registry (and its records).
 SERVING_MAY_USE = ("tasks.registry", "tasks.records")
 MAX_MODULE_LINES = 500
