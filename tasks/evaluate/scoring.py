@@ -74,6 +74,8 @@ def score_runs(runs: list[AgentRun], examples: list[dict[str, Any]], split: str,
             "correct": bool(predicted) and normalize_answer(predicted) == normalize_answer(
                 example["answer"]),
             "tools_used": [step.tool for step in run.steps],
+            "steps": [{"thought": step.thought, "tool": step.tool, "argument": step.argument,
+                       "observation": step.observation} for step in run.steps],
             "error": run.error,
             "transcript": run.transcript,
         })
