@@ -210,3 +210,25 @@ class FeedbackResponse(BaseModel):
     run_id: str
     rating: int
     recorded: bool = True
+
+
+# --- what the service holds of a user ---------------------------------------------------------
+
+
+class UserData(BaseModel):
+    """Counts of what is stored of one user's history (API keys are not history)."""
+
+    memories: int
+    sessions: int
+    messages: int
+    runs: int = Field(description="Agent runs: their traces and feedback (training data).")
+
+
+class UserDataResponse(BaseModel):
+    user_id: str
+    stored: UserData
+
+
+class ForgetResponse(BaseModel):
+    user_id: str
+    deleted: UserData
