@@ -261,6 +261,25 @@ class MemoryStore:
         self._collection.delete(ids=[memory_id], where={"user_id": user_id})
         return True
 
+    def delete_run(self, user_id: str, run_id: str) -> int:
+        """Delete this user's memories made by agent run `run_id`; how many there were."""
+        where = {"$and": [{"user_id": user_id}, {_USER_PREFIX + "run_id": run_id}]}
+        with self._write_lock:
+            ids = self._collection.get(where=where, include=[])["ids"]
+            if ids:
+                self._collection.delete(ids=ids, where={"user_id": user_id})
+        return len(ids)
+
+    def delete_user(self, user_id: str) -> int:
+        """Delete every memory of this user; how many there were."""
+        _check_user(user_id)
+        with self._write_lock:
+            ids = self._collection.get(where={"user_id": user_id}, include=[])["ids"]
+            for start in range(0, len(ids), WRITE_BATCH):
+                self._collection.delete(ids=ids[start:start + WRITE_BATCH],
+                                        where={"user_id": user_id})
+        return len(ids)
+
     def _prune(self, user_id: str, protect: set[str]) -> None:
         """Delete the user's lowest importance x recency memories beyond max_per_user."""
         limit = self.settings.max_per_user
@@ -345,6 +364,20 @@ class MemoryStore:
         }
         return [by_id[memory_id] for memory_id in page
                 if memory_id in by_id and by_id[memory_id].user_id == user_id]
+
+    def get(self, user_id: str, memory_id: str) -> Memory | None:
+        """This user's memory by id; None when missing or another user's."""
+        found = self._collection.get(ids=[memory_id], include=["documents", "metadatas"])
+        if not found["ids"]:
+            return None
+        memory = _from_chroma(found["ids"][0], (found["documents"] or [""])[0] or "",
+                              (found["metadatas"] or [{}])[0])
+        return memory if memory.user_id == user_id else None
+
+    def has_run(self, user_id: str, run_id: str) -> bool:
+        """Whether this user has a memory made by agent run `run_id`."""
+        where = {"$and": [{"user_id": user_id}, {_USER_PREFIX + "run_id": run_id}]}
+        return bool(self._collection.get(where=where, include=[], limit=1)["ids"])
 
     def count(self, user_id: str | None = None) -> int:
         """How many memories this user has (every user's, with no user)."""

@@ -21,6 +21,7 @@ an adapter whose shapes do not fit the base GGUF (a different base model).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -61,6 +62,13 @@ class BaseShapes:
 
     @classmethod
     def read(cls, base_gguf: Path) -> BaseShapes:
+        """The base's shapes; parsed once per file version (parsing the GGUF's tokenizer
+        arrays takes seconds, and every hot-swapped version is converted against it)."""
+        stat = Path(base_gguf).stat()
+        return _read_shapes(str(Path(base_gguf).resolve()), stat.st_mtime_ns, stat.st_size)
+
+    @classmethod
+    def parse(cls, base_gguf: Path) -> BaseShapes:
         from gguf import GGUFReader
 
         reader = GGUFReader(str(base_gguf))
@@ -74,6 +82,11 @@ class BaseShapes:
         tensors = {t.name: (int(t.shape[0]), int(t.shape[1]))
                    for t in reader.tensors if len(t.shape) == 2}
         return cls(arch, blocks, heads, heads_kv, tensors)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_shapes(path: str, _mtime_ns: int, _size: int) -> BaseShapes:
+    return BaseShapes.parse(Path(path))
 
 
 def _field_value(reader: Any, key: str) -> Any:

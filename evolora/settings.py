@@ -146,6 +146,12 @@ class DataSettings(Section):
     harvest_max_rows: int = Field(500, ge=0)
     harvest_max_share: float = Field(0.3, ge=0, le=1, description="Harvested rows' largest "
                                      "share of the training mix.")
+    harvest_max_per_user: int = Field(
+        50, ge=1, description="Harvested rows one user's traces may give a cycle, so one key "
+        "cannot fill the harvested share with its own (self-rated) traces.")
+    harvest_users: Literal["all", "none"] | list[str] = Field(
+        "all", description="Whose traces may train: all, none, or a list of user ids (an "
+        "allow-list: e.g. the team's own keys).")
     continuity_test_per_skill: int = Field(
         0, ge=0, description="A second, older frozen test set still reported beside the main "
         "one, so numbers stay comparable with earlier runs; 0: none.")
@@ -293,6 +299,11 @@ class ServingSettings(Section):
                                 "concurrent requests (and evaluation problems) batch together.")
     slot_context: int = Field(2048, ge=256, le=131072, description="Tokens of context per slot.")
     poll_interval_s: float = Field(30.0, gt=0)
+    refused_retry_s: float = Field(
+        30.0, gt=0, description="A version that failed to download, verify or load is "
+        "refused for this long, then tried again; each further failure doubles the wait.")
+    refused_retry_max_s: float = Field(1800.0, gt=0, description="The longest wait before "
+                                       "a refused version is tried again.")
     rate_limit_per_minute: int = Field(120, gt=0, description="Requests per minute per key; "
                                        "over it, 429 with Retry-After.")
     token_limit_per_minute: int = Field(
@@ -351,6 +362,10 @@ class ServingSettings(Section):
                 f"auth_enabled is false but host is {self.host!r}: without auth the service "
                 "binds to loopback only; set host to 127.0.0.1 or enable auth"
             )
+        if self.refused_retry_max_s < self.refused_retry_s:
+            raise ValueError(
+                f"refused_retry_max_s ({self.refused_retry_max_s}) is below refused_retry_s "
+                f"({self.refused_retry_s}); raise it or lower refused_retry_s")
         if self.engine == "llamacpp" and self.max_prompt_tokens >= self.slot_context:
             raise ValueError(
                 f"max_prompt_tokens ({self.max_prompt_tokens}) must be below slot_context "

@@ -1,7 +1,15 @@
-"""One agent run for a user: memories and session history in, messages, trace, memory out."""
+"""One agent run for a user: memories and session history in, messages, trace, memory out.
+
+What a run stores is one SQL transaction (`Store.record_run`: session, both messages, trace,
+the session's fold, and the memory marked pending), then the memory's Chroma write, then
+the pending mark goes. A crash between the commit and the Chroma write leaves a pending
+row, which `reconcile_memories` (run at every start) finishes; nothing can leave messages,
+trace and memory out of step.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +25,7 @@ from engines.engine import InferenceEngine
 from evolora.logs import get_logger
 from serving.checks import PromptTooLong
 from serving.hot_loader import AdapterHotLoader
-from storage.store import Store
+from storage.store import Fold, PendingMemory, Store
 
 log = get_logger(__name__)
 
@@ -26,6 +34,7 @@ SUMMARISE_AFTER = 12  # messages in a session before older ones fold into its su
 KEEP_AFTER_SUMMARY = 6
 MEMORY_CHARS = 200  # each memory's text in the prompt is cut to this
 SUMMARY_CHARS = 600
+RUN_MEMORY_KIND = "episode"
 
 
 @dataclass
@@ -122,20 +131,65 @@ def run_prepared(runtime: InferenceEngine, loader: AdapterHotLoader, store: Stor
         run = run_react_agent(agent, question, history=prepared.history,
                               max_steps=prepared.max_steps, on_step=on_step)
     answer = run.final_answer if run.final_answer is not None else ""
-    session_id = store.open_session(user_id, prepared.session_id)
-    store.add_message(user_id, session_id, "user", question)
-    store.add_message(user_id, session_id, "assistant", answer or f"(error: {run.error})")
-    run_id = store.record_trace(user_id=user_id, session_id=session_id, question=question,
-                                steps=[_step_dict(s) for s in run.steps],
-                                final_answer=run.final_answer, error=run.error,
-                                adapter_version=adapter)
     # What the user said is worth remembering even when the model failed to answer it.
     exchange = f"User: {question}" + (f"\nAssistant: {answer}" if answer else "")
-    # Tagged with its run, so feedback on the run moves this memory's importance.
-    memory.add(user_id, exchange[:MAX_MEMORY_CHARS], kind="episode",
-               metadata={"run_id": run_id})
-    _fold_old_messages(store, user_id, session_id)
+    run_id, session_id = store.record_run(
+        user_id=user_id, session_id=prepared.session_id, question=question,
+        reply=answer or f"(error: {run.error})", steps=[_step_dict(s) for s in run.steps],
+        final_answer=run.final_answer, error=run.error, adapter_version=adapter,
+        memory=exchange[:MAX_MEMORY_CHARS], memory_kind=RUN_MEMORY_KIND, fold=SESSION_FOLD)
+    pending = PendingMemory(run_id, user_id, exchange[:MAX_MEMORY_CHARS], RUN_MEMORY_KIND,
+                            time.time())
+    try:
+        write_memory(store, memory, pending)
+    except Exception as exc:  # the run is stored; its memory is added at the next start
+        log.error("agent_run.memory_pending", run_id=run_id, error=str(exc))
     return ServedRun(run_id, session_id, run, adapter, metered.tokens)
+
+
+def write_memory(store: Store, memory: MemoryStore, pending: PendingMemory) -> None:
+    """Write a run's pending memory to Chroma, then mark it written. Tagged with its run,
+    so feedback on the run moves its importance and forgetting the run removes it."""
+    memory.add(pending.user_id, pending.text, kind=pending.kind,
+               metadata={"run_id": pending.run_id})
+    store.memory_written(pending.run_id)
+
+
+def reconcile_memories(store: Store, memory: MemoryStore) -> dict[str, int]:
+    """Finish the runs whose memory a crash left pending (the service calls it at start).
+
+    A memory Chroma already has (the crash fell after its write) is only marked written;
+    a missing one is added; one Chroma refuses is dropped, logged. Counts of each."""
+    counts = {"added": 0, "already_written": 0, "dropped": 0}
+    for pending in store.pending_memories():
+        if memory.has_run(pending.user_id, pending.run_id):
+            store.memory_written(pending.run_id)
+            counts["already_written"] += 1
+            continue
+        try:
+            write_memory(store, memory, pending)
+        except ValueError as exc:  # a text the memory store refuses will never pass
+            log.error("agent_run.memory_dropped", run_id=pending.run_id, error=str(exc))
+            store.memory_written(pending.run_id)
+            counts["dropped"] += 1
+        else:
+            counts["added"] += 1
+    if any(counts.values()):
+        log.info("agent_run.memories_reconciled", **counts)
+    return counts
+
+
+def summarise_session(previous: str | None, older: list[dict[str, Any]]) -> str:
+    """The session summary with `older` messages folded in: extractive (a 135M model's
+    abstractive one would cost seconds and say less), the last SUMMARY_CHARS kept."""
+    folded = " ".join(f"{m['role']}: {str(m['content'])[:80]}" for m in older)
+    return f"{previous or ''} {folded}".strip()[-SUMMARY_CHARS:]
+
+
+# Once a session has more than SUMMARISE_AFTER live messages, all but the last
+# KEEP_AFTER_SUMMARY fold into its summary (in the run's own transaction).
+SESSION_FOLD = Fold(after=SUMMARISE_AFTER, keep_last=KEEP_AFTER_SUMMARY,
+                    summarise=summarise_session)
 
 
 def build_system_prompt(memories: list[str], summary: str | None) -> str:
@@ -158,19 +212,6 @@ def history_messages(messages: list[dict[str, Any]]) -> list[BaseMessage]:
         elif message["role"] == "assistant" and history:
             history.append(AIMessage(str(message["content"])))
     return history
-
-
-def _fold_old_messages(store: Store, user_id: str, session_id: str) -> None:
-    """Fold the session's older messages into its summary once it grows long."""
-    messages = store.session_messages(user_id, session_id)
-    if len(messages) <= SUMMARISE_AFTER:
-        return
-    older = messages[:-KEEP_AFTER_SUMMARY]
-    previous = store.session_summary(user_id, session_id) or ""
-    # An extractive summary: a 135M model's abstractive one would cost seconds and say less.
-    folded = " ".join(f"{m['role']}: {str(m['content'])[:80]}" for m in older)
-    summary = f"{previous} {folded}".strip()[-SUMMARY_CHARS:]
-    store.set_summary(user_id, session_id, summary, keep_last=KEEP_AFTER_SUMMARY)
 
 
 def _step_dict(step: Any) -> dict[str, str]:

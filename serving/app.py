@@ -20,7 +20,7 @@ from serving.limits import BodySizeLimit, InFlightLimiter, RateLimiter, TokenBud
 from serving.metrics import ServingMetrics
 from serving.middleware import LoopbackHostGuard, RequestMetrics
 from serving.ops_metrics import OperationsCollector
-from serving.routes import admin, agent, chat, feedback, health, memories
+from serving.routes import admin, agent, chat, feedback, health, memories, users
 from serving.startup import open_services
 from storage.store import NotFound, StoreError
 
@@ -50,11 +50,13 @@ def create_app(settings: Settings) -> FastAPI:
             if services.runtime is not None:
                 # llama.cpp's servers hold ports and threads: stop them with the app.
                 await run_in_threadpool(services.runtime.close)
+            if services.loader is not None:
+                await run_in_threadpool(services.loader.close)  # its downloads
             log.info("serving.stopped")
 
     app = FastAPI(title="evolora", version="1", lifespan=lifespan)
     for router in (chat.router, agent.router, memories.router, feedback.router,
-                   health.router, admin.router):
+                   users.router, health.router, admin.router):
         app.include_router(router)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(StoreError, store_error)

@@ -3,9 +3,14 @@
 A new champion is downloaded (checksum-verified), attached BESIDE the serving adapter, and
 then the serving pointer moves in one assignment. Requests take a lease on the adapter name
 at their start (`lease`) and keep it to the end, so a request in flight finishes on the
-adapter it started with; a retired adapter is detached once its last lease ends. A version
-that fails to download, verify or load is refused (logged, counted) and never retried by the
-poller; the current adapter keeps serving.
+adapter it started with; a retired adapter is detached once its last lease ends. An adapter
+being detached is never leased: a request for it waits for the detach to end and loads the
+version again. A version that fails to download, verify or load is refused (logged,
+counted) for a backoff interval that doubles with each failure (serving/refusals.py); the
+current adapter keeps serving meanwhile.
+
+Downloads go into a folder this process owns under `work_dir` (evolora/scratch.py); at start
+the folders of processes that are gone (killed mid-download) are removed.
 
 A `v<N>` name is canonical (ASCII digits, no leading zeros: one name per version, safe in a
 header); without an admin key only versions the promotion gate approved are served.
@@ -30,8 +35,10 @@ from mlflow.tracking import MlflowClient
 from engines.engine import InferenceEngine
 from engines.transformers_runtime import BASE_ADAPTER
 from evolora.logs import get_logger
+from evolora.scratch import Scratch, claim_scratch
 from evolora.vocabulary import CHAMPION
 from serving.metrics import ServingMetrics
+from serving.refusals import Refusals
 from tasks.registry import ChecksumMismatch, download_version, get_alias
 from tasks.registry.versions import version_gate
 
@@ -40,12 +47,16 @@ log = get_logger(__name__)
 # Model names a request may ask for; `v<N>` names a registered version.
 CHAMPION_NAMES = ("evolora", CHAMPION)
 MAX_ON_DEMAND = 4  # attached non-champion versions kept for `v<N>` requests
+DETACH_WAIT_S = 120.0  # the longest a request waits for its version's detach to end
 # `[0-9]`, not `\d`: `\d` also matches other scripts' digits (a fullwidth "v1" would pass).
 _VERSION_NAME = re.compile(r"v([1-9][0-9]*)")
 ACCEPTED_NAMES = ("evolora, champion, base or v<N>: a registered version, N in ASCII digits "
                   "without leading zeros (v3, not v03)")
 # What promotion (tasks/registry/promotion.py) records on a version the gate let through.
 GATE_APPROVED = "promoted"
+# What downloads (and their scratch folders) were called before each process wrote into a
+# folder of its own.
+_LEGACY_DOWNLOAD = re.compile(r"v[0-9]+-[0-9a-f]{8}|\.evolora-registry-.+")
 
 
 class UnknownModel(LookupError):
@@ -89,26 +100,48 @@ class AdapterHotLoader:
 
     def __init__(self, runtime: InferenceEngine, client_factory: Callable[[], MlflowClient],
                  model_name: str, work_dir: Path, metrics: ServingMetrics,
-                 poll_interval_s: float = 30.0) -> None:
+                 poll_interval_s: float = 30.0, retry_backoff_s: float = 30.0,
+                 retry_backoff_max_s: float = 1800.0) -> None:
         self.runtime = runtime
         self.model_name = model_name
-        self.work_dir = Path(work_dir)
+        self.work_root = Path(work_dir)
         self.metrics = metrics
         self.poll_interval_s = poll_interval_s
         self._client_factory = client_factory
         self._client: MlflowClient | None = None
-        self._state = threading.Lock()  # guards the pointer, leases, retired set
+        self._state = threading.Lock()  # guards the pointer, leases, retired and detaching
+        self._changed = threading.Condition(self._state)  # a detach ended
         self._check = threading.Lock()  # one registry check (and load) at a time
         self._unload = threading.Lock()  # one detach at a time
         self._serving: tuple[str, str | None] = (BASE_ADAPTER, None)  # (adapter, version)
         self._leases: Counter[str] = Counter()
-        self._retired: set[str] = set()
+        self._retired: set[str] = set()  # attached, to be detached when their leases end
+        self._detaching: set[str] = set()  # being detached now: never leased
         self._on_demand: list[str] = []  # LRU order of attached non-champion adapters
-        self.refused: dict[str, str] = {}  # version -> reason
+        self.refusals = Refusals(retry_backoff_s, retry_backoff_max_s)
         self._approved: set[str] = set()  # versions the gate approved (never revoked)
         self.swaps: list[SwapRecord] = []
+        self._scratch: Scratch | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Versions with failures on record -> the last failure and when it is tried again."""
+        return self.refusals.snapshot()
+
+    @property
+    def work_dir(self) -> Path:
+        """The folder downloads go into: this process's own under `work_root`, claimed on
+        first use (which sweeps what dead processes left there)."""
+        if self._scratch is None:
+            self._scratch = claim_scratch(self.work_root, legacy=_is_legacy_download)
+        return self._scratch.path
+
+    def leases(self) -> dict[str, int]:
+        """Adapter name -> requests holding it now (none when nothing is in flight)."""
+        with self._state:
+            return dict(self._leases)
 
     # --- the pointer and leases ---------------------------------------------------------------
 
@@ -143,15 +176,27 @@ class AdapterHotLoader:
             return name
         name = adapter_name(version)
         with self._state:
-            if name in self.runtime.adapters and name not in self._retired:
+            if self._claim_attached(name):
                 self._leases[name] += 1
                 self._touch(name)
                 return name
-        self._load_on_demand(version)
-        with self._state:
-            self._leases[name] += 1
-            self._touch(name)
+        self._load_on_demand(version)  # returns with the lease taken
         return name
+
+    def _claim_attached(self, name: str) -> bool:
+        """Whether `name` is attached and may be leased; un-retires it. Under `_state`.
+
+        An adapter being detached may not: a lease taken now would outlive the detach."""
+        if name in self._detaching or name not in self.runtime.adapters:
+            return False
+        self._retired.discard(name)
+        return True
+
+    def _wait_detached(self, name: str) -> None:
+        """Block until `name` is not being detached. Under `_state` (via `_changed`)."""
+        if not self._changed.wait_for(lambda: name not in self._detaching,
+                                      timeout=DETACH_WAIT_S):
+            raise UnknownModel(f"adapter {name} is still being unloaded; retry shortly")
 
     def _release(self, name: str) -> None:
         with self._state:
@@ -209,9 +254,9 @@ class AdapterHotLoader:
             if champion is None or str(champion.version) == before:
                 return self._report(before)
             version = str(champion.version)
-            if version in self.refused:
-                return self._report(before, error=f"version {version} was refused: "
-                                    f"{self.refused[version]}")
+            refusal = self.refusals.in_force(version)
+            if refusal is not None:
+                return self._report(before, error=f"version {version} was refused: {refusal}")
             try:
                 self._swap_to(version)
             except Exception as exc:
@@ -230,7 +275,8 @@ class AdapterHotLoader:
         started = time.perf_counter()
         blocking = 0.0
         with self._state:
-            attached = name in self.runtime.adapters and name not in self._retired
+            self._wait_detached(name)
+            attached = self._claim_attached(name)
         if not attached:
             blocking = self._download_and_attach(version)
         load_s = time.perf_counter() - started
@@ -255,13 +301,17 @@ class AdapterHotLoader:
             self._detach(old_name)
 
     def _load_on_demand(self, version: str) -> None:
-        if version in self.refused:
-            raise UnknownModel(f"version {version} was refused: {self.refused[version]}")
+        """Attach `version` if it is not, and lease it (the caller releases)."""
+        refusal = self.refusals.in_force(version)
+        if refusal is not None:
+            raise UnknownModel(f"version {version} was refused: {refusal}")
+        name = adapter_name(version)
         with self._check:
-            name = adapter_name(version)
             with self._state:
-                if name in self.runtime.adapters:
-                    self._retired.discard(name)
+                self._wait_detached(name)
+                if self._claim_attached(name):
+                    self._leases[name] += 1
+                    self._touch(name)
                     return
             try:
                 self.client.get_model_version(self.model_name, version)
@@ -272,6 +322,9 @@ class AdapterHotLoader:
                 self._download_and_attach(version)
             except Exception as exc:
                 raise UnknownModel(f"version {version} refused: {exc}") from None
+            with self._state:
+                self._leases[name] += 1
+                self._touch(name)
             self._evict_on_demand()
 
     def _evict_on_demand(self) -> None:
@@ -305,29 +358,44 @@ class AdapterHotLoader:
         # its model lock while loading; llama.cpp loads a new instance beside the serving
         # one and blocks only for the pointer move.
         try:
-            return self.runtime.attach(adapter_name(version), dest)
+            blocked = self.runtime.attach(adapter_name(version), dest)
         except Exception as exc:
             self._refuse(version, "load", str(exc))
             shutil.rmtree(dest, ignore_errors=True)
             raise
+        self.refusals.forget(version)
+        return blocked
 
     def _refuse(self, version: str, reason: str, detail: str) -> None:
-        self.refused[version] = f"{reason}: {detail}"
+        refusal = self.refusals.refuse(version, reason, detail)
         self.metrics.refused.labels(reason).inc()
-        log.error("hot_loader.refused", version=version, reason=reason, detail=detail)
+        log.error("hot_loader.refused", version=version, reason=reason, detail=detail,
+                  failures=refusal.failures)
 
     def _detach(self, name: str) -> None:
+        """Detach a retired adapter, unless it was leased or made serving again since."""
         with self._state:
-            # A lease may have arrived, or the name become serving again, since the decision.
-            if self._leases.get(name, 0) > 0 or name == self._serving[0]:
+            if (name not in self._retired or self._leases.get(name, 0) > 0
+                    or name == self._serving[0] or name in self._detaching):
                 return
             self._retired.discard(name)
-        with self._unload:
-            if name in self.runtime.adapters:
-                path = self.runtime.adapters[name]
+            if name not in self.runtime.adapters:
+                return
+            # From here until the detach ends, requests for `name` wait (_wait_detached).
+            self._detaching.add(name)
+        try:
+            with self._unload:
+                path = self.runtime.adapters.get(name)
                 self.runtime.detach(name)
-                shutil.rmtree(path, ignore_errors=True)
+                if path:
+                    shutil.rmtree(path, ignore_errors=True)
                 log.info("hot_loader.detached", adapter=name)
+        except Exception as exc:  # it stays attached (and leasable); the service goes on
+            log.error("hot_loader.detach_failed", adapter=name, error=str(exc))
+        finally:
+            with self._changed:
+                self._detaching.discard(name)
+                self._changed.notify_all()
 
     def registered_versions(self, approved_only: bool = False) -> list[str]:
         """Version numbers of the registered model, oldest first (empty if unreachable);
@@ -350,8 +418,9 @@ class AdapterHotLoader:
         return self._client
 
     def start(self) -> None:
-        """Check once now, then poll every `poll_interval_s` in a daemon thread."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        """Sweep stale downloads, check once now, then poll every `poll_interval_s` in a
+        daemon thread."""
+        log.info("hot_loader.work_dir", path=str(self.work_dir))  # claimed (and swept) now
         self.check_now()
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll, name="adapter-hot-loader",
@@ -364,9 +433,19 @@ class AdapterHotLoader:
             self._thread.join(timeout_s)
             self._thread = None
 
+    def close(self) -> None:
+        """Remove this process's downloads; call after the engine has closed."""
+        if self._scratch is not None:
+            self._scratch.release()
+            self._scratch = None
+
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
             try:
                 self.check_now()
             except Exception as exc:  # the poller must outlive any one bad check
                 log.error("hot_loader.check_failed", error=str(exc))
+
+
+def _is_legacy_download(path: Path) -> bool:
+    return path.is_dir() and _LEGACY_DOWNLOAD.fullmatch(path.name) is not None

@@ -220,3 +220,25 @@ class FeedbackResponse(BaseModel):
 class PromoteRequest(BaseModel):
     version: str = Field(pattern=r"^[1-9][0-9]{0,8}$", description="A registered version number")
     force: bool = Field(False, description="Skip the quality gate (never the checksum check)")
+
+
+# --- what the service holds of a user ---------------------------------------------------------
+
+
+class UserData(BaseModel):
+    """Counts of what is stored of one user's history (API keys are not history)."""
+
+    memories: int
+    sessions: int
+    messages: int
+    runs: int = Field(description="Agent runs: their traces and feedback (training data).")
+
+
+class UserDataResponse(BaseModel):
+    user_id: str
+    stored: UserData
+
+
+class ForgetResponse(BaseModel):
+    user_id: str
+    deleted: UserData

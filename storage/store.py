@@ -5,49 +5,51 @@ SQLAlchemy 2.0 on any URL (`serving.database_url`, e.g. PostgreSQL); by default 
 writes. Every method opens its own short session: one `Store` is shared by all request
 threads. Every per-user read and write checks ownership; another user's session or trace is
 `NotFound`, exactly like a missing one, so ids never leak across users.
+
+An agent run is one transaction (`record_run`): session, messages, trace and the memory it
+leaves, which is *pending* until Chroma has it (`memory_written`; the service re-adds what
+is still pending at start). `forget_run` and `forget_user` remove a run, or a user's whole
+history, everywhere SQL holds its text.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (
-    Boolean,
-    Double,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    event,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+from storage.keys import KEY_PREFIX, KeyRecord, display_prefix, hash_key, key_record
+from storage.tables import (
+    MAX_NAME_CHARS,
+    ApiKeyRow,
+    Base,
+    ChatSessionRow,
+    MessageRow,
+    PendingMemoryRow,
+    TraceRow,
+    add_missing_columns,
+)
 
 if TYPE_CHECKING:
     from evolora.settings import Settings
 
-KEY_PREFIX = "evk_"
-DISPLAY_PREFIX_CHARS = 8
 ROLES = ("system", "user", "assistant", "tool")
 RATINGS = (-1, 0, 1)
-MAX_NAME_CHARS = 200
 MAX_COMMENT_CHARS = 2000
+# (the summary so far or None, the messages folding into it, oldest first) -> the summary
+Summarise = Callable[[str | None, list[dict[str, Any]]], str]
 
 
 class StoreError(ValueError):
@@ -59,107 +61,27 @@ class NotFound(StoreError):
 
 
 @dataclass
-class KeyRecord:
-    """An API key as it may be shown: never the key itself, only its display prefix."""
+class PendingMemory:
+    """A run's memory committed in SQL, not yet confirmed written to Chroma."""
 
-    id: str
-    name: str
+    run_id: str
     user_id: str
-    prefix: str
-    is_admin: bool
+    text: str
+    kind: str
     created_at: float
-    revoked_at: float | None
-
-    @property
-    def revoked(self) -> bool:
-        return self.revoked_at is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "user_id": self.user_id,
-                "prefix": self.prefix, "is_admin": self.is_admin,
-                "created_at": self.created_at, "revoked_at": self.revoked_at}
 
 
-# ---------------------------------------------------------------------------- tables
+@dataclass
+class Fold:
+    """When a session's older messages fold into its summary: beyond `after` live messages,
+    all but the last `keep_last`, summarised by `summarise`."""
 
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ApiKeyRow(Base):
-    __tablename__ = "api_keys"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(MAX_NAME_CHARS))
-    user_id: Mapped[str] = mapped_column(String(MAX_NAME_CHARS), index=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    prefix: Mapped[str] = mapped_column(String(DISPLAY_PREFIX_CHARS), index=True)
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[float] = mapped_column(Double)
-    revoked_at: Mapped[float | None] = mapped_column(Double, nullable=True)
-
-
-class ChatSessionRow(Base):
-    __tablename__ = "chat_sessions"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(MAX_NAME_CHARS), index=True)
-    created_at: Mapped[float] = mapped_column(Double)
-    updated_at: Mapped[float] = mapped_column(Double)
-    summary: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-
-class MessageRow(Base):
-    __tablename__ = "messages"
-
-    # An integer key orders messages exactly, even two written in the same microsecond.
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    session_id: Mapped[str] = mapped_column(
-        ForeignKey("chat_sessions.id", ondelete="CASCADE"), index=True)
-    role: Mapped[str] = mapped_column(String(16))
-    content: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[float] = mapped_column(Double)
-    # Set when a summary replaced the message in the prompt; kept for audit, not deleted.
-    summarized: Mapped[bool] = mapped_column(Boolean, default=False)
-
-
-class TraceRow(Base):
-    __tablename__ = "traces"
-    __table_args__ = (Index("ix_traces_created_at", "created_at"),)
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(MAX_NAME_CHARS), index=True)
-    session_id: Mapped[str | None] = mapped_column(
-        ForeignKey("chat_sessions.id", ondelete="SET NULL"), nullable=True)
-    question: Mapped[str] = mapped_column(Text)
-    steps_json: Mapped[str] = mapped_column(Text)
-    final_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    adapter_version: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[float] = mapped_column(Double)
-    feedback: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    feedback_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # When feedback arrived: a trace rated after the last harvest is harvested again.
-    feedback_at: Mapped[float | None] = mapped_column(Double, nullable=True, index=True)
+    after: int
+    keep_last: int
+    summarise: Summarise
 
 
 # ---------------------------------------------------------------------------- the store
-
-
-def hash_key(plaintext: str) -> str:
-    """sha256 hex of an API key.
-
-    A fast hash is the right tool here, unlike for passwords: keys are 256-bit random tokens,
-    so there is nothing to brute-force or look up in a dictionary, and a slow KDF (bcrypt,
-    argon2) would only add latency to every request.
-    """
-    return hashlib.sha256(plaintext.encode()).hexdigest()
-
-
-def display_prefix(plaintext: str) -> str:
-    """The 8 characters after "evk_": enough to tell keys apart, far too few to guess one."""
-    return plaintext[len(KEY_PREFIX):len(KEY_PREFIX) + DISPLAY_PREFIX_CHARS]
 
 
 class Store:
@@ -180,6 +102,7 @@ class Store:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
@@ -212,7 +135,7 @@ class Store:
                         is_admin=admin, created_at=time.time(), revoked_at=None)
         with self._transaction() as session:
             session.add(row)
-        return plaintext, _key_record(row)
+        return plaintext, key_record(row)
 
     def verify_key(self, plaintext: str) -> KeyRecord | None:
         """The key's record when `plaintext` is a live key, else None (unknown or revoked).
@@ -233,13 +156,13 @@ class Store:
                 match = row
         if match is None or match.revoked_at is not None:
             return None
-        return _key_record(match)
+        return key_record(match)
 
     def list_keys(self) -> list[KeyRecord]:
         """Every key, revoked ones included, oldest first."""
         with self._sessions() as session:
             rows = session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)).all()
-        return [_key_record(row) for row in rows]
+        return [key_record(row) for row in rows]
 
     def revoke_key(self, key_id_or_prefix: str) -> KeyRecord:
         """Revoke a key by its id or display prefix ("evk_" optional); idempotent."""
@@ -258,7 +181,7 @@ class Store:
             row = rows[0]
             if row.revoked_at is None:
                 row.revoked_at = time.time()
-            return _key_record(row)
+            return key_record(row)
 
     # ------------------------------------------------------------------------ sessions
 
@@ -300,7 +223,7 @@ class Store:
                 select(MessageRow)
                 .where(MessageRow.session_id == session_id, MessageRow.summarized.is_(False))
                 .order_by(MessageRow.id)).all()
-        return [{"role": r.role, "content": r.content, "created_at": r.created_at} for r in rows]
+        return [_message_dict(row) for row in rows]
 
     def set_summary(self, user_id: str, session_id: str, summary: str, *, keep_last: int
                     ) -> None:
@@ -343,10 +266,7 @@ class Store:
                      adapter_version: str) -> str:
         """Store what the agent did for one question; returns the trace id."""
         _check_text("user_id", user_id, MAX_NAME_CHARS)
-        try:
-            steps_json = json.dumps(steps, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"steps must be JSON-serialisable dicts ({exc})") from None
+        steps_json = _steps_json(steps)
         trace_id = uuid.uuid4().hex
         with self._transaction() as session:
             if session_id is not None:
@@ -386,6 +306,145 @@ class Store:
             rows = session.scalars(query).all()
         return [_trace_dict(row) for row in rows]
 
+    # ------------------------------------------------------------------------ agent runs
+
+    def record_run(self, *, user_id: str, session_id: str | None, question: str, reply: str,
+                   steps: list[dict[str, Any]], final_answer: str | None, error: str | None,
+                   adapter_version: str, memory: str | None, memory_kind: str = "episode",
+                   fold: Fold | None = None) -> tuple[str, str]:
+        """Store one agent run in ONE transaction; returns (run id, session id).
+
+        The session (a new one when `session_id` is None), the question and `reply` as
+        messages, the trace, the `memory` to write to Chroma (pending until
+        `memory_written`) and the session's `fold` commit together or not at all: a crash
+        or a refusal (NotFound for a session that is not the user's) leaves nothing."""
+        _check_text("user_id", user_id, MAX_NAME_CHARS)
+        steps_json = _steps_json(steps)
+        run_id = uuid.uuid4().hex
+        now = time.time()
+        with self._transaction() as session:
+            if session_id is None:
+                session_id = uuid.uuid4().hex
+                chat = ChatSessionRow(id=session_id, user_id=user_id, created_at=now,
+                                      updated_at=now, summary=None)
+                session.add(chat)
+                session.flush()  # the messages' foreign key needs the session row
+            else:
+                chat = self._owned_session(session, user_id, session_id)
+                chat.updated_at = now
+            session.add(TraceRow(id=run_id, user_id=user_id, session_id=session_id,
+                                 question=question, steps_json=steps_json,
+                                 final_answer=final_answer, error=error,
+                                 adapter_version=adapter_version, created_at=now))
+            session.flush()  # the pending memory's foreign key needs the trace
+            for role, content in (("user", question), ("assistant", reply)):
+                session.add(MessageRow(session_id=session_id, role=role, content=content,
+                                       created_at=now, summarized=False, run_id=run_id))
+            if memory:
+                session.add(PendingMemoryRow(run_id=run_id, user_id=user_id, text=memory,
+                                             kind=memory_kind, created_at=now))
+            session.flush()
+            if fold is not None:
+                live = session.scalars(select(MessageRow).where(
+                    MessageRow.session_id == session_id, MessageRow.summarized.is_(False))
+                    .order_by(MessageRow.id)).all()
+                if len(live) > fold.after:
+                    older = live[:len(live) - fold.keep_last]
+                    chat.summary = fold.summarise(chat.summary,
+                                                  [_message_dict(m) for m in older])
+                    for message in older:
+                        message.summarized = True
+        return run_id, session_id
+
+    def pending_memories(self) -> list[PendingMemory]:
+        """Memories committed with their run but not confirmed in Chroma, oldest first."""
+        with self._sessions() as session:
+            rows = session.scalars(select(PendingMemoryRow)
+                                   .order_by(PendingMemoryRow.created_at)).all()
+        return [PendingMemory(r.run_id, r.user_id, r.text, r.kind, r.created_at) for r in rows]
+
+    def memory_written(self, run_id: str) -> None:
+        """Chroma has the run's memory: it is pending no more."""
+        with self._transaction() as session:
+            session.execute(delete(PendingMemoryRow).where(PendingMemoryRow.run_id == run_id))
+
+    # ------------------------------------------------------------------------ forgetting
+
+    def forget_run(self, user_id: str, run_id: str, resummarise: Summarise | None = None
+                   ) -> bool:
+        """Delete one of this user's runs wherever SQL holds its text, in one transaction:
+        its trace (feedback included), its messages, its pending memory; the summary of a
+        session that folded them is rebuilt from the messages left (`resummarise`, else
+        dropped). False, changing nothing, when the user has no such run."""
+        with self._transaction() as session:
+            trace = session.get(TraceRow, run_id) if isinstance(run_id, str) else None
+            if trace is None or trace.user_id != user_id:
+                return False
+            linked = select(MessageRow).where(MessageRow.run_id == run_id)
+            doomed = list(session.scalars(linked).all())
+            if not doomed and trace.session_id is not None:
+                doomed = self._unlinked_run_messages(session, trace)
+            sessions = {m.session_id for m in doomed} | ({trace.session_id} - {None})
+            for message in doomed:
+                session.delete(message)
+            session.execute(delete(PendingMemoryRow).where(PendingMemoryRow.run_id == run_id))
+            session.delete(trace)
+            session.flush()
+            for chat_id in sessions:
+                chat = session.get(ChatSessionRow, chat_id)
+                if chat is None or chat.summary is None:
+                    continue
+                folded = [_message_dict(m) for m in session.scalars(select(MessageRow).where(
+                    MessageRow.session_id == chat_id, MessageRow.summarized.is_(True))
+                    .order_by(MessageRow.id)).all()]
+                chat.summary = (resummarise(None, folded) or None) \
+                    if resummarise is not None and folded else None
+        return True
+
+    @staticmethod
+    def _unlinked_run_messages(session: Session, trace: TraceRow) -> list[MessageRow]:
+        """A run stored before messages carried their run id: its question in its session,
+        each with the assistant message that follows it."""
+        rows = session.scalars(select(MessageRow).where(
+            MessageRow.session_id == trace.session_id, MessageRow.run_id.is_(None))
+            .order_by(MessageRow.id)).all()
+        found = []
+        for index, row in enumerate(rows):
+            if row.role == "user" and row.content == trace.question:
+                found.append(row)
+                if index + 1 < len(rows) and rows[index + 1].role == "assistant":
+                    found.append(rows[index + 1])
+        return found
+
+    def forget_user(self, user_id: str) -> dict[str, int]:
+        """Delete everything SQL holds of this user's history in one transaction: sessions,
+        messages, runs (traces, feedback) and pending memories; API keys stay. Counts."""
+        _check_text("user_id", user_id, MAX_NAME_CHARS)
+        with self._transaction() as session:
+            chats = select(ChatSessionRow.id).where(ChatSessionRow.user_id == user_id)
+            counts = self._user_counts(session, user_id)
+            session.execute(delete(PendingMemoryRow).where(PendingMemoryRow.user_id == user_id))
+            session.execute(delete(TraceRow).where(TraceRow.user_id == user_id))
+            session.execute(delete(MessageRow).where(MessageRow.session_id.in_(chats)))
+            session.execute(delete(ChatSessionRow).where(ChatSessionRow.user_id == user_id))
+        return counts
+
+    def user_counts(self, user_id: str) -> dict[str, int]:
+        """How many sessions, messages and runs SQL holds for this user."""
+        with self._sessions() as session:
+            return self._user_counts(session, user_id)
+
+    @staticmethod
+    def _user_counts(session: Session, user_id: str) -> dict[str, int]:
+        chats = select(ChatSessionRow.id).where(ChatSessionRow.user_id == user_id)
+
+        def count(query: Any) -> int:
+            return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+        return {"sessions": count(chats),
+                "messages": count(select(MessageRow.id).where(MessageRow.session_id.in_(chats))),
+                "runs": count(select(TraceRow.id).where(TraceRow.user_id == user_id))}
+
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -399,17 +458,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _steps_json(steps: list[dict[str, Any]]) -> str:
+    try:
+        return json.dumps(steps, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"steps must be JSON-serialisable dicts ({exc})") from None
+
+
+def _message_dict(row: MessageRow) -> dict[str, Any]:
+    return {"role": row.role, "content": row.content, "created_at": row.created_at}
+
+
 def _check_text(field: str, value: Any, limit: int) -> None:
     if not isinstance(value, str) or not value.strip():
         raise StoreError(f"{field} must be a non-empty string (got {value!r})")
     if len(value) > limit:
         raise StoreError(f"{field} is longer than {limit} characters")
-
-
-def _key_record(row: ApiKeyRow) -> KeyRecord:
-    return KeyRecord(id=row.id, name=row.name, user_id=row.user_id, prefix=row.prefix,
-                     is_admin=bool(row.is_admin), created_at=row.created_at,
-                     revoked_at=row.revoked_at)
 
 
 def _trace_dict(row: TraceRow) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from agent.react_format import SYSTEM_PROMPT
 from agent.tools import default_tools, run_tool
+from evolora.settings import DataSettings
 from storage.store import Store
 from tasks.data import dataset_hash, validate_row, verify_example
 from tasks.harvest.traces import HARVEST_SOURCE, harvest_traces, mix_with_synthetic
@@ -145,3 +147,49 @@ def _row(question: str) -> dict[str, Any]:
     return {"id": question, "skill": "arithmetic", "level": "easy", "question": question,
             "answer": "1", "messages": [{"role": "assistant", "content": "x"}],
             "tool_calls": [], "source": "synthetic"}
+
+
+def test_a_poisoning_user_cannot_fill_the_harvest(store: Store) -> None:
+    """One key floods the store with self-rated traces; the harvest takes at most
+    max_per_user of them, and every user's best row comes before anyone's second, so the
+    share the mix takes from the front is spread over the users."""
+    user_of = {}
+    for index in range(2, 32):  # 30 verified traces, each rated +1 by its own author
+        trace = record(store, f"What is {index} * 7?", [step("calculator", f"{index} * 7")],
+                       str(index * 7), user="mallory", feedback=1)
+        user_of[trace] = "mallory"
+    for user, start in (("alice", 100), ("bob", 200), ("carol", 300)):
+        for index in range(start, start + 3):
+            trace = record(store, f"How much is {index} + 1?",
+                           [step("calculator", f"{index} + 1")], str(index + 1), user=user)
+            user_of[trace] = user
+
+    def users(rows: list[dict[str, Any]]) -> list[str]:
+        return [user_of[row["id"].rsplit("-", 1)[1]] for row in rows]
+
+    rows, report = harvest_traces(store, since=None, max_rows=100, tools=TOOLS,
+                                  max_per_user=5)
+    assert Counter(users(rows)) == {"mallory": 5, "alice": 3, "bob": 3, "carol": 3}
+    assert report["dropped"]["over harvest_max_per_user"] == 25
+    assert report["kept_users"] == 4
+    assert sorted(users(rows)[:4]) == ["alice", "bob", "carol", "mallory"]  # one round each
+    # The mix takes harvested rows from the front: 4 of them means one per user.
+    synthetic = [_row(f"synthetic question number {i} about apples") for i in range(12)]
+    mixed = mix_with_synthetic(synthetic, rows, max_share=0.25)
+    assert sorted(users(mixed[12:])) == ["alice", "bob", "carol", "mallory"]
+
+    # The operator's switch: an allow-list, or nobody.
+    listed, listed_report = harvest_traces(store, since=None, max_rows=100, tools=TOOLS,
+                                           users=["alice", "bob"])
+    assert set(users(listed)) == {"alice", "bob"}
+    assert listed_report["dropped"]["user not in data.harvest_users"] == 33
+    none, none_report = harvest_traces(store, since=None, max_rows=100, tools=TOOLS,
+                                       users="none")
+    assert none == [] and none_report["dropped"] == {"user not in data.harvest_users": 39}
+    everyone, _ = harvest_traces(store, since=None, max_rows=100, tools=TOOLS, users="all")
+    # Without max_per_user the operator's default applies (50: all 30 here).
+    assert Counter(users(everyone))["mallory"] == min(30, DataSettings().harvest_max_per_user)
+    with pytest.raises(ValueError, match="max_per_user"):
+        harvest_traces(store, since=None, max_rows=100, tools=TOOLS, max_per_user=0)
+    with pytest.raises(ValueError, match="users must be"):
+        harvest_traces(store, since=None, max_rows=100, tools=TOOLS, users="alice")

@@ -4,7 +4,10 @@ answering (/healthz is polled the whole time).
 
 Two servers: a guarded one (auth on, one llama.cpp slot, small prompt and token limits, a
 registry with gate-approved and ungated versions) and an open one (auth off: the Host and
-Origin guard).
+Origin guard). Both start before the first test; from then on /healthz of each is polled
+every 0.25 s and the RSS of this process (both services) plus its llama.cpp child
+processes is sampled every 0.1 s. The last test asserts every /healthz answered within
+HEALTHZ_BOUND_S and the RSS grew by less than RSS_GROWTH_BOUND_MB.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
@@ -45,6 +50,12 @@ TOKEN_BUDGET = 1000
 CONCURRENT = 2
 STORY = [{"role": "user", "content": "Tell me a story."}]
 FULLWIDTH_V1 = "v\uff11"  # int() reads it as 1; once it crashed encoding a header
+HEALTHZ_BOUND_S = 1.0
+# Measured: the module's peak RSS growth (both services and their llama.cpp children,
+# warmed up; the version tests start new llama.cpp instances) was 128 MB on the tiny model;
+# the bound is about twice that. The requests this module sends once grew the process by
+# 1.1 GB (the message flood) and 440 MB (a 3,000-character stop string).
+RSS_GROWTH_BOUND_MB = 250
 
 
 @dataclass
@@ -54,6 +65,7 @@ class Service:
     settings: Settings
     store: Store
     health: list[str] = field(default_factory=list)  # failed /healthz polls
+    latencies: list[float] = field(default_factory=list)  # seconds of each /healthz poll
 
     def key(self, user_id: str, admin: bool = False) -> str:
         plaintext, _record = self.store.create_key(f"key-{user_id}", user_id, admin=admin)
@@ -76,15 +88,51 @@ class Service:
 
 
 def watch_health(service: Service, stop: threading.Event) -> None:
-    """Poll /healthz until `stop`; every failure (status, error, over 10 s) is recorded."""
+    """Poll /healthz until `stop`; every failure (status, error, over 10 s) is recorded, and
+    every poll's latency."""
     with httpx.Client(base_url=service.url, timeout=10) as http:
         while not stop.wait(0.25):
+            started = time.perf_counter()
             try:
                 answer = http.get("/healthz")
                 if answer.status_code != 200:
                     service.health.append(f"HTTP {answer.status_code}")
             except httpx.HTTPError as exc:
                 service.health.append(repr(exc))
+            service.latencies.append(time.perf_counter() - started)
+
+
+@contextmanager
+def health_watched(service: Service) -> Iterator[Service]:
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_health, args=(service, stop), daemon=True)
+    watcher.start()
+    try:
+        yield service
+    finally:
+        stop.set()
+        watcher.join(15)
+
+
+def service_rss() -> int:
+    """Bytes resident in this process (the services) and its children (llama.cpp)."""
+    process = psutil.Process()
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        with suppress(psutil.Error):
+            total += child.memory_info().rss
+    return total
+
+
+@dataclass
+class RssWatch:
+    baseline: int
+    peak: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def sample(self) -> None:
+        while not self.stop.wait(0.1):
+            self.peak = max(self.peak, service_rss())
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +155,9 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
             assert promote_if_better(client, name, str(version), margin=0.0,
                                      tolerance=0.1).promote
     app = create_app(settings)
-    with running_server(app) as url:
-        service = Service(url, app, settings, Store.from_settings(settings))
-        stop = threading.Event()
-        watcher = threading.Thread(target=watch_health, args=(service, stop), daemon=True)
-        watcher.start()
+    with running_server(app) as url, \
+            health_watched(Service(url, app, settings, Store.from_settings(settings))) as service:
         yield service
-        stop.set()
-        watcher.join(15)
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +168,24 @@ def open_service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     settings = serving_settings(tmp_path_factory.mktemp("hostile-open"), tiny_model_dir,
                                 allowed_hosts=["evolora.test"], poll_interval_s=3600)
     app = create_app(settings)
-    with running_server(app) as url:
-        yield Service(url, app, settings, Store.from_settings(settings))
+    with running_server(app) as url, \
+            health_watched(Service(url, app, settings, Store.from_settings(settings))) as service:
+        yield service
+
+
+@pytest.fixture(scope="module", autouse=True)
+def rss(guarded: Service, open_service: Service) -> Iterator[RssWatch]:
+    """Both services up and warmed (one completion each), then RSS sampled to the end."""
+    assert guarded.chat(guarded.key("warm-up")).status_code == 200
+    with open_service.client() as http:
+        assert http.post("/v1/chat/completions", json={
+            "model": "base", "messages": STORY, "max_tokens": 4}).status_code == 200
+    watch = RssWatch(baseline=service_rss())
+    sampler = threading.Thread(target=watch.sample, daemon=True)
+    sampler.start()
+    yield watch
+    watch.stop.set()
+    sampler.join(5)
 
 
 def refused(response: httpx.Response, status: int, *words: str) -> str:
@@ -397,8 +456,18 @@ def test_without_auth_foreign_origins_cannot_change_anything(open_service: Servi
 
 
 def test_healthz_answered_throughout_and_nothing_was_a_500(guarded: Service,
-                                                          open_service: Service) -> None:
-    assert guarded.health == []
+                                                          open_service: Service,
+                                                          rss: RssWatch) -> None:
+    rss.stop.set()
+    growth_mb = (max(rss.peak, service_rss()) - rss.baseline) / 2**20
+    slowest = max([*guarded.latencies, *open_service.latencies])
+    print(f"hostile module: /healthz polls {len(guarded.latencies)} + "
+          f"{len(open_service.latencies)}, slowest {slowest:.3f} s; RSS baseline "
+          f"{rss.baseline / 2**20:.0f} MB, peak growth {growth_mb:.0f} MB")
+    assert guarded.health == [] and open_service.health == []
+    assert len(guarded.latencies) > 20 and len(open_service.latencies) > 20
+    assert slowest < HEALTHZ_BOUND_S, sorted([*guarded.latencies, *open_service.latencies])[-5:]
+    assert growth_mb < RSS_GROWTH_BOUND_MB
     for service in (guarded, open_service):
         metrics = httpx.get(f"{service.url}/metrics").text
         assert 'status="200"' in metrics and 'status="5' not in metrics

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Generator, Iterator
 
+import anyio
 from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.concurrency import run_in_threadpool
 
@@ -79,8 +80,8 @@ async def chat_completions(body: ChatCompletionRequest, caller: MeteredCallerDep
                                      reply.prompt_tokens + reply.completion_tokens)
         return react_response(reply, body, completion_id, created)
     if body.stream:
-        return _stream(body, caller, runtime, loader, services, prompt, prompt_tokens, max_new,
-                       completion_id, created)
+        return await _stream(body, caller, runtime, loader, services, prompt, prompt_tokens,
+                             max_new, completion_id, created)
     try:
         result = await run_in_threadpool(
             complete, runtime, loader, services.metrics, model=body.model, prompt=prompt,
@@ -98,18 +99,28 @@ async def chat_completions(body: ChatCompletionRequest, caller: MeteredCallerDep
     return Response(payload.model_dump_json(), media_type="application/json", headers=headers)
 
 
-def _stream(body: ChatCompletionRequest, caller: Caller, runtime: RuntimeDep,
-            loader: LoaderDep, services: Services, prompt: str, prompt_tokens: int,
-            max_new: int, completion_id: str, created: int) -> ClosingStreamingResponse:
+async def _stream(body: ChatCompletionRequest, caller: Caller, runtime: RuntimeDep,
+                  loader: LoaderDep, services: Services, prompt: str, prompt_tokens: int,
+                  max_new: int, completion_id: str, created: int) -> ClosingStreamingResponse:
     """Server-sent events, token pieces as the model writes them (live, not replayed).
 
-    However the response ends (the client may leave mid-stream), `finish` closes the
-    generation (the engine stops), releases the adapter and charges what was generated."""
+    The lease (which may download and attach a version: seconds) and the first piece are
+    taken in a worker thread, never on the event loop. A failure before the first piece is
+    an HTTP error, not a cut stream. However the response ends (the client may leave
+    mid-stream, or before it began), `finish` closes the generation (the engine stops),
+    releases the adapter and charges what was generated."""
     lease = loader.lease(body.model)
+    leased: list[str] = []
     try:
-        adapter = lease.__enter__()
+        await run_in_threadpool(lambda: leased.append(lease.__enter__()))
     except UnknownModel as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except BaseException:
+        # Cancelled (the client left) while the lease was being taken: the thread ran on.
+        if leased:
+            lease.__exit__(None, None, None)
+        raise
+    adapter = leased[0]
     done = Completion("", adapter, prompt_tokens, 0, 0.0, "stop")
     pieces = stream_completion(runtime, loader, services.metrics, adapter=adapter,
                                prompt=prompt, max_new_tokens=max_new, stop=body.stop_list(),
@@ -124,9 +135,23 @@ def _stream(body: ChatCompletionRequest, caller: Caller, runtime: RuntimeDep,
             services.token_budget.charge(caller.key_id,
                                          done.prompt_tokens + done.completion_tokens)
 
+    try:
+        first = await run_in_threadpool(next, pieces, None)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(finish)
+        raise
     return ClosingStreamingResponse(
-        _sse_events(completion_id, created, body.model, done, pieces, include_usage),
+        _sse_events(completion_id, created, body.model, done, _after(first, pieces),
+                    include_usage),
         on_close=finish, media_type="text/event-stream", headers={ADAPTER_HEADER: adapter})
+
+
+def _after(first: str | None, rest: Iterator[str]) -> Generator[str, None, None]:
+    """`first` (None: the reply was empty), then the rest of the pieces."""
+    if first is not None:
+        yield first
+    yield from rest
 
 
 def _usage(result: Completion) -> Usage:

@@ -1,4 +1,4 @@
-"""The caller's long-term memories: list, search, delete."""
+"""The caller's long-term memories: list, search, delete (with the run that left it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from agent.memory import MAX_MEMORY_CHARS
 from serving.checks import check_prompt_length
-from serving.deps import CallerDep, MemoryDep, ServicesDep, json_safe
+from serving.deps import CallerDep, MemoryDep, ServicesDep, StoreDep, json_safe
+from serving.forgetting import forget_memory
 from serving.schemas import MemoryList, MemoryOut
 
 router = APIRouter(prefix="/v1/memories", tags=["memories"])
@@ -46,8 +47,11 @@ async def search_memories(caller: CallerDep, memory: MemoryDep, services: Servic
 
 
 @router.delete("/{memory_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_memory(memory_id: str, caller: CallerDep, memory: MemoryDep) -> Response:
-    """Forget one memory; 404 if the caller has none by that id."""
-    if not await run_in_threadpool(memory.delete, caller.user_id, memory_id):
+async def delete_memory(memory_id: str, caller: CallerDep, memory: MemoryDep,
+                        store: StoreDep) -> Response:
+    """Forget one memory, and the agent run that left it: its trace (never harvested for
+    training now), its two messages, and its part of the session summary; 404 if the
+    caller has no memory by that id."""
+    if not await run_in_threadpool(forget_memory, store, memory, caller.user_id, memory_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such memory")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -37,7 +37,9 @@ def harvest_into_training(settings: Settings, data: DataSplits, *, since: float 
         test_questions = list(load_split(data.test_path)["question"])
         rows, report = harvest_traces(store, since=since,
                                       max_rows=settings.data.harvest_max_rows,
-                                      tools=default_tools(), held_out=test_questions)
+                                      tools=default_tools(), held_out=test_questions,
+                                      max_per_user=settings.data.harvest_max_per_user,
+                                      users=settings.data.harvest_users)
     finally:
         store.close()
     synthetic = [dict(row) for row in load_split(data.train_path)]

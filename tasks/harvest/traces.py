@@ -8,6 +8,13 @@ tools, and the row must pass `tasks.data.verify_example` like any generated exam
 observation the tools no longer give, an ungrounded answer or a broken trace is dropped.
 Then duplicates (and held-out questions) go, and the rest is capped at `max_rows`.
 
+Selection is fair across users, so one key cannot poison the training mix (it rates its own
+traces, and the harvested share is taken from the front of the list): only the traces of
+users the operator lets train count (`users`: all, none, or an allow-list of user ids;
+setting `data.harvest_users`), each user gives at most `max_per_user` rows
+(`data.harvest_max_per_user`), and the rows are interleaved by user: every user's best row
+(thumbs-up first, then newest) comes before anyone's second.
+
 `mix_with_synthetic` adds harvested rows to a synthetic train split, capped as a share of
 the mix, so a burst of similar user questions cannot swamp the curriculum.
 """
@@ -15,8 +22,8 @@ the mix, so a burst of similar user questions cannot swamp the curriculum.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent.react_format import (
     FINAL_THOUGHT,
@@ -26,6 +33,7 @@ from agent.react_format import (
     render_trace,
 )
 from agent.tools import Tool, default_tools, run_tool
+from evolora.settings import DataSettings
 from tasks.data import GenerationReport, deduplicate, validate_row, verify_example
 
 if TYPE_CHECKING:
@@ -37,6 +45,9 @@ HARVEST_SOURCE = "harvested"
 TOOL_SKILLS = {"calculator": "arithmetic", "convert": "units", "date": "dates",
                "currency": "currency"}
 _STEP_KEYS = ("thought", "tool", "argument", "observation")
+# The operator's defaults (evolora/settings.py), for callers that pass none.
+DEFAULT_MAX_PER_USER: int = DataSettings.model_fields["harvest_max_per_user"].default
+HarvestUsers = Literal["all", "none"] | Sequence[str]
 
 
 def harvest_traces(
@@ -46,19 +57,27 @@ def harvest_traces(
     max_rows: int,
     tools: Mapping[str, Tool] | None = None,
     held_out: Iterable[str] = (),
+    max_per_user: int = DEFAULT_MAX_PER_USER,
+    users: HarvestUsers = "all",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Verified training rows from the store's traces since `since`, and the report.
 
-    Kept: a final answer with no error, or any trace rated +1 that has a final answer.
-    Dropped, counted by reason in `report["dropped"]`: negative feedback, failed, no tool
-    calls (nothing to verify: the answer may rest on memory the row would not contain),
-    malformed steps, tool errors, observation mismatches and any other `verify_example`
-    failure, duplicates, questions in `held_out` (pass the frozen test questions), and rows
-    over `max_rows` (positively rated, then newest, are kept first).
+    Kept: a final answer with no error, or any trace rated +1 that has a final answer, of a
+    user `users` lets train ("all", "none", or a list of user ids).
+    Dropped, counted by reason in `report["dropped"]`: users not let train, negative
+    feedback, failed, no tool calls (nothing to verify: the answer may rest on memory the
+    row would not contain), malformed steps, tool errors, observation mismatches and any
+    other `verify_example` failure, duplicates, questions in `held_out` (pass the frozen
+    test questions), rows beyond a user's `max_per_user`, and rows over `max_rows`.
+    Order (what a cap keeps first): interleaved by user, each user's rows positively rated
+    first, then newest; within one round of the interleave, rated first, then newest.
     `report["watermark"]` is the newest time seen: the next harvest's `since`.
     """
     if max_rows < 0:
         raise ValueError(f"max_rows must be >= 0 (got {max_rows})")
+    if max_per_user < 1:
+        raise ValueError(f"max_per_user must be >= 1 (got {max_per_user})")
+    allowed = _allowed_users(users)
     tools = dict(tools) if tools is not None else default_tools()
     traces = store.traces_since(since)
     dropped: dict[str, int] = {}
@@ -68,6 +87,9 @@ def harvest_traces(
 
     candidates: list[tuple[Mapping[str, Any], dict[str, Any]]] = []
     for trace in traces:
+        if allowed is not None and str(trace.get("user_id")) not in allowed:
+            drop("user not in data.harvest_users")
+            continue
         reason = _exclusion(trace)
         if reason is None:
             row, reason = trace_to_row(trace, tools)
@@ -76,13 +98,22 @@ def harvest_traces(
                 continue
         drop(reason or "unknown")
 
-    # Thumbs-up first, then newest: they survive deduplication and the cap.
-    candidates.sort(key=lambda pair: (pair[0].get("feedback") != 1,
-                                      -float(pair[0].get("created_at") or 0.0)))
+    candidates = _interleaved_by_user(candidates)
     dedupe_report = GenerationReport(split="harvest")
     rows = deduplicate([row for _, row in candidates], dedupe_report, against=held_out)
     for reason, count in dedupe_report.dropped.items():
         drop(reason, count)
+    user_of = {row["id"]: str(trace.get("user_id")) for trace, row in candidates}
+    per_user: dict[str, int] = {}
+    capped = []
+    for row in rows:
+        user = user_of[row["id"]]
+        per_user[user] = per_user.get(user, 0) + 1
+        if per_user[user] > max_per_user:
+            drop("over harvest_max_per_user")
+            continue
+        capped.append(row)
+    rows = capped
     if len(rows) > max_rows:
         drop("over max_rows", len(rows) - max_rows)
         rows = rows[:max_rows]
@@ -103,6 +134,7 @@ def harvest_traces(
         "kept_positive": sum(trace_of[row["id"]].get("feedback") == 1 for row in rows),
         "kept_by_level": levels,
         "kept_by_skill": skills,
+        "kept_users": len({user_of[row["id"]] for row in rows}),
         "dropped": dropped,
         "trace_ids": kept_ids,
     }
@@ -180,7 +212,7 @@ def mix_with_synthetic(
     the mix (harvested rows that duplicate a synthetic question are left out first).
 
     With S synthetic rows the mix takes floor(max_share * S / (1 - max_share)) harvested
-    rows, in the order given (harvest_traces puts thumbs-up and newest first); max_share 0
+    rows, in the order given (harvest_traces interleaves users, thumbs-up and newest first); max_share 0
     takes none, 1 takes all.
     """
     if not 0.0 <= max_share <= 1.0:
@@ -193,6 +225,34 @@ def mix_with_synthetic(
         # The epsilon keeps exact shares exact (0.2 * 8 / 0.8 is 1.9999999999999996).
         allowed = math.floor(max_share * len(synthetic_rows) / (1.0 - max_share) + 1e-9)
     return [*synthetic_rows, *fresh[:allowed]]
+
+
+def _allowed_users(users: HarvestUsers) -> set[str] | None:
+    """The user ids whose traces may train; None for everyone."""
+    if users == "all":
+        return None
+    if users == "none":
+        return set()
+    if isinstance(users, str):
+        raise ValueError(f"users must be 'all', 'none' or a list of user ids (got {users!r})")
+    return {str(user) for user in users}
+
+
+def _interleaved_by_user(candidates: list[tuple[Mapping[str, Any], dict[str, Any]]]
+                         ) -> list[tuple[Mapping[str, Any], dict[str, Any]]]:
+    """Each user's candidates ranked thumbs-up first, then newest; then every user's first,
+    every user's second, ... (each round again thumbs-up first, then newest)."""
+    def preference(pair: tuple[Mapping[str, Any], dict[str, Any]]) -> tuple[bool, float]:
+        trace = pair[0]
+        return trace.get("feedback") != 1, -float(trace.get("created_at") or 0.0)
+
+    by_user: dict[str, list[tuple[Mapping[str, Any], dict[str, Any]]]] = {}
+    for pair in candidates:
+        by_user.setdefault(str(pair[0].get("user_id")), []).append(pair)
+    ranked = [(rank, preference(pair), pair) for pairs in by_user.values()
+              for rank, pair in enumerate(sorted(pairs, key=preference))]
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    return [pair for _, _, pair in ranked]
 
 
 def _exclusion(trace: Mapping[str, Any]) -> str | None:
