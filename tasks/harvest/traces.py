@@ -212,7 +212,8 @@ def mix_with_synthetic(
     the mix (harvested rows that duplicate a synthetic question are left out first).
 
     With S synthetic rows the mix takes floor(max_share * S / (1 - max_share)) harvested
-    rows, in the order given (harvest_traces interleaves users, thumbs-up and newest first); max_share 0
+    rows, in the order given (harvest_traces interleaves users, thumbs-up and newest
+    first); max_share 0
     takes none, 1 takes all.
     """
     if not 0.0 <= max_share <= 1.0:
