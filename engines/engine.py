@@ -116,9 +116,12 @@ def base_gguf_path(model_path: str | Path, configured: Path | None = None) -> Pa
 
 
 def open_engine(settings: Settings, model_path: str, *, slots: int | None = None,
-                adapters: Mapping[str, Path] | None = None) -> InferenceEngine:
+                adapters: Mapping[str, Path] | None = None,
+                generation_timeout_s: float | None = None) -> InferenceEngine:
     """The configured engine (`serving.engine`) on the prepared base at `model_path`, with
-    `adapters` (name -> PEFT folder) attached."""
+    `adapters` (name -> PEFT folder) attached. `generation_timeout_s` replaces the service's
+    limit on one reply (`serving.generation_timeout_s`) for batch work: a batch of a
+    cycle's evaluation on a busy machine may queue for longer than a user would wait."""
     from engines.transformers_runtime import ModelRuntime, inference_quantization, pick_device
 
     if settings.serving.engine == "transformers":
@@ -140,4 +143,4 @@ def open_engine(settings: Settings, model_path: str, *, slots: int | None = None
         slots=slots or settings.serving.parallel_slots,
         slot_context=settings.serving.slot_context,
         threads=cpu_threads(settings.model.threads), adapters=adapters,
-        request_timeout_s=settings.serving.generation_timeout_s)
+        request_timeout_s=generation_timeout_s or settings.serving.generation_timeout_s)

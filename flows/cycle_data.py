@@ -39,6 +39,7 @@ def attempt_with_champion(settings: Settings, model_path: str, data: DataSplits,
     from agent.tools import default_tools
     from engines.engine import open_engine
     from tasks.data import load_split, save_split
+    from tasks.evaluate.runner import BATCH_GENERATION_TIMEOUT_S
     from tasks.harvest.self_attempts import attempt_pool, attempt_problems, yield_metrics
 
     tools = default_tools()
@@ -47,7 +48,8 @@ def attempt_with_champion(settings: Settings, model_path: str, data: DataSplits,
         held_out += list(load_split(data.continuity_test_path)["question"])
     pool = attempt_pool(settings.data, seed=train_seed(settings, night), held_out=held_out,
                         tools=tools)
-    engine = open_engine(settings, model_path, adapters={champion.id: champion.adapter_dir})
+    engine = open_engine(settings, model_path, adapters={champion.id: champion.adapter_dir},
+                         generation_timeout_s=BATCH_GENERATION_TIMEOUT_S)
     try:
         rows, report = attempt_problems(
             engine, champion.id, pool, attempts=settings.data.self_attempts,

@@ -15,6 +15,10 @@ from engines.transformers_runtime import BASE_ADAPTER
 from evolora.settings import Settings
 from tasks.evaluate.scoring import EvalResult, evaluate_candidate
 
+# A reply of a cycle's batch work (evaluation, the champion's attempts) may queue behind a
+# whole batch on a loaded machine: bounded, but far above the service's per-request limit.
+BATCH_GENERATION_TIMEOUT_S = 1800.0
+
 
 def evaluate_adapters(
     settings: Settings,
@@ -34,7 +38,8 @@ def evaluate_adapters(
     given) with `tags`.
     """
     engine = open_engine(settings, model_path, adapters={
-        name: adapter_dir for name, adapter_dir in adapters.items() if adapter_dir is not None})
+        name: adapter_dir for name, adapter_dir in adapters.items() if adapter_dir is not None},
+        generation_timeout_s=BATCH_GENERATION_TIMEOUT_S)
     results: dict[str, EvalResult] = {}
     try:
         for name, adapter_dir in adapters.items():
