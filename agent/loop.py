@@ -14,6 +14,7 @@ see the same prompts, so they take the same steps.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -93,6 +94,12 @@ def run_agent_batch(
                          "prompt per question")
     # Only a sampling run passes a temperature: greedy generators need not take one.
     sampling = {"temperature": temperature} if temperature > 0 else {}
+    workers = int(getattr(runtime, "concurrent_requests", 1) or 1)
+    if workers > 1:
+        _run_each_on_its_own(runtime, runs, prompts, tools, workers=workers,
+                             max_steps=max_steps, max_new_tokens=max_new_tokens,
+                             on_finished=on_finished, sampling=sampling)
+        return runs
     for round_index in range(max_steps + 1):
         pending = [i for i, run in enumerate(runs) if not run.finished]
         if not pending:
@@ -107,6 +114,33 @@ def run_agent_batch(
             if on_finished is not None:
                 on_finished(sum(runs[i].finished for i in chunk))
     return runs
+
+
+def _run_each_on_its_own(runtime: TextGenerator, runs: list[AgentRun], prompts: list[str],
+                         tools: dict[str, Tool], *, workers: int, max_steps: int,
+                         max_new_tokens: int, on_finished: Callable[[int], object] | None,
+                         sampling: dict[str, float]) -> None:
+    """Each run advances on its own as soon as its reply is back, `workers` at a time.
+
+    For an engine that decodes concurrent requests together (llama.cpp's parallel slots):
+    in rounds, every slot waits for a round's slowest reply (a 64-token ramble beside a
+    15-token final answer) before any run takes its next step. The prompts, and so the
+    steps, are the ones the rounds would give.
+    """
+    def drive(index: int) -> None:
+        run = runs[index]
+        for round_index in range(max_steps + 1):
+            [reply] = runtime.generate([prompts[index] + run.transcript],
+                                       max_new_tokens=max_new_tokens, stop=[STOP_SEQUENCE],
+                                       **sampling)
+            _advance(run, reply, tools, last_round=round_index == max_steps)
+            if run.finished:
+                break
+        if on_finished is not None:
+            on_finished(1)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent-run") as pool:
+        list(pool.map(drive, range(len(runs))))
 
 
 def _advance(run: AgentRun, reply: str, tools: dict[str, Tool], last_round: bool) -> None:

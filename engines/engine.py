@@ -83,6 +83,11 @@ class AdapterView:
     def chat_prompt(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
         return self.engine.chat_prompt(messages, assistant_prefix)
 
+    @property
+    def concurrent_requests(self) -> int:
+        """How many single-prompt requests the engine decodes together (1: it batches)."""
+        return int(getattr(self.engine, "concurrent_requests", 1))
+
     def generate(self, prompts: list[str], max_new_tokens: int = 96,
                  stop: list[str] | None = None, temperature: float = 0.0,
                  top_p: float = 1.0) -> list[str]:

@@ -209,6 +209,11 @@ class LlamaCppEngine(ChatText):
 
     # --- generation -----------------------------------------------------------------------------
 
+    @property
+    def concurrent_requests(self) -> int:
+        """Single-prompt requests decoded together: one per slot."""
+        return self.slots
+
     def _body(self, instance: _Instance, prompt: str, adapter: str, max_new_tokens: int,
               stop: list[str] | None, temperature: float, top_p: float) -> dict[str, Any]:
         return {
@@ -273,15 +278,17 @@ class LlamaCppEngine(ChatText):
         unfinished UTF-8 character at the end become one U+FFFD, as in the non-streamed
         text."""
         stop = body["stop"]
-        text, held = "", [0]
+        text, held = "", [0, None]
         for piece in self._pieces(instance, {**body, "stop": []}, held):
             text += piece
             if stop and any(s in text[-(len(piece) + max(map(len, stop))):] for s in stop):
                 return text
-        return text + "\ufffd" if held[0] else text
+        # Held tokens at the end of a generation cut by the length limit are a character's
+        # first bytes; at an end-of-text stop the one held token is the end-of-text token.
+        return text + "\ufffd" if held[0] and held[1] == "limit" else text
 
     def _pieces(self, instance: _Instance, body: dict[str, Any],
-                held: list[int] | None = None) -> Iterator[str]:
+                held: list[Any] | None = None) -> Iterator[str]:
         """The reply's pieces from llama.cpp's token stream, within the time limit.
 
         Leaving early (a limit, the engine closing, the reader gone) closes the HTTP
@@ -313,6 +320,8 @@ class LlamaCppEngine(ChatText):
                 if event.get("content"):
                     yield str(event["content"])
                 if event.get("stop"):
+                    if held is not None:
+                        held[1] = event.get("stop_type")
                     return
 
     def _timed_out(self) -> GenerationTimeout:
