@@ -278,17 +278,15 @@ class LlamaCppEngine(ChatText):
         unfinished UTF-8 character at the end become one U+FFFD, as in the non-streamed
         text."""
         stop = body["stop"]
-        text, held = "", [0, None]
-        for piece in self._pieces(instance, {**body, "stop": []}, held):
+        text, tail = "", _StreamTail()
+        for piece in self._pieces(instance, {**body, "stop": []}, tail):
             text += piece
             if stop and any(s in text[-(len(piece) + max(map(len, stop))):] for s in stop):
                 return text
-        # Held tokens at the end of a generation cut by the length limit are a character's
-        # first bytes; at an end-of-text stop the one held token is the end-of-text token.
-        return text + "\ufffd" if held[0] and held[1] == "limit" else text
+        return text + "\ufffd" if tail.unfinished_character else text
 
     def _pieces(self, instance: _Instance, body: dict[str, Any],
-                held: list[Any] | None = None) -> Iterator[str]:
+                tail: _StreamTail | None = None) -> Iterator[str]:
         """The reply's pieces from llama.cpp's token stream, within the time limit.
 
         Leaving early (a limit, the engine closing, the reader gone) closes the HTTP
@@ -299,7 +297,7 @@ class LlamaCppEngine(ChatText):
             if response.status_code >= 400:
                 response.read()
                 _raise_for(response)
-            lines = response.iter_lines()
+            lines = _event_lines(response)
             while True:
                 try:
                     line = next(lines)
@@ -314,14 +312,11 @@ class LlamaCppEngine(ChatText):
                 if not line.startswith("data: "):
                     continue
                 event = json.loads(line[len("data: "):])
-                if held is not None:  # tokens generated whose text is not sent yet
-                    held[0] = 0 if event.get("content") else held[0] + len(
-                        event.get("tokens") or [])
+                if tail is not None:
+                    tail.read(event)
                 if event.get("content"):
                     yield str(event["content"])
                 if event.get("stop"):
-                    if held is not None:
-                        held[1] = event.get("stop_type")
                     return
 
     def _timed_out(self) -> GenerationTimeout:
@@ -363,3 +358,43 @@ def _raise_for(response: httpx.Response) -> None:
         if "exceed_context_size_error" in response.text:
             raise ContextExceeded(message)
         raise AdapterError(message)
+
+
+@dataclass
+class _StreamTail:
+    """What a token stream's events say about the text still unsent when it ends.
+
+    llama.cpp sends no text for the tokens of an unfinished UTF-8 character (and lists
+    them in no event; `tokens_predicted` counts them), nor for the end-of-text token; the
+    non-streamed reply ends an unfinished character in one U+FFFD."""
+
+    predicted: int = 0  # tokens generated so far
+    sent_through: int = 0  # tokens generated up to the last event with text
+    stop_type: str | None = None
+
+    def read(self, event: Mapping[str, Any]) -> None:
+        self.predicted = max(self.predicted, int(event.get("tokens_predicted") or 0))
+        if event.get("content"):
+            self.sent_through = self.predicted
+        if event.get("stop"):
+            self.stop_type = event.get("stop_type")
+
+    @property
+    def unfinished_character(self) -> bool:
+        unsent = self.predicted - self.sent_through
+        return unsent - (1 if self.stop_type == "eos" else 0) > 0
+
+
+def _event_lines(response: httpx.Response) -> Iterator[str]:
+    """The event stream's lines, split at line feeds only.
+
+    httpx's iter_lines splits as str.splitlines does, also at U+0085, U+2028 and other
+    characters a generated string can hold unescaped in its JSON: an event cut there
+    fails to parse."""
+    buffer = b""
+    for chunk in response.iter_bytes():
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if buffer:
+        yield buffer.rstrip(b"\r").decode("utf-8", errors="replace")

@@ -12,6 +12,7 @@ import json
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -24,7 +25,7 @@ from engines.gguf_lora import (
     verify_checksum,
 )
 from engines.llama_server import port_is_open
-from engines.llamacpp_engine import LlamaCppEngine
+from engines.llamacpp_engine import LlamaCppEngine, _event_lines
 from engines.transformers_runtime import AdapterError, ModelRuntime
 from evolora.settings import Settings
 from tests.support.adapters import make_adapter
@@ -267,3 +268,15 @@ def test_models_gguf_writes_the_trained_base_for_exact_parity(
     refused = CliRunner().invoke(app, ["models", "gguf", "-c", "tiny"])
     assert refused.exit_code == 2 and "only Llama-architecture" in refused.output
 
+
+
+def test_event_lines_split_at_line_feeds_only() -> None:
+
+    # A generated string holds U+2028, U+0085 and \x1c unescaped in llama.cpp's JSON; a
+    # chunk boundary may fall inside a character. Each event is one line, parsed whole.
+    events = [{"content": "a\u2028b\x85c\x1cd", "stop": False}, {"content": "", "stop": True}]
+    raw = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\r\n\r\n" for e in events).encode()
+    chunks = [raw[:9], raw[9:10], raw[10:]]
+    response = httpx.Response(200, content=iter(chunks))
+    lines = [line for line in _event_lines(response) if line]
+    assert [json.loads(line[len("data: "):]) for line in lines] == events
