@@ -339,7 +339,7 @@ class ServingSettings(Section):
     shutdown_grace_s: float = Field(
         5.0, gt=0, le=600, description="On SIGTERM, how long requests in flight may run on; "
         "then they are cancelled and the engine stops: the service is gone within this plus "
-        "~5 s, whatever it was generating.")
+        "10 s, whatever it was generating (tests/test_service_shutdown.py).")
     generation_timeout_s: float = Field(
         120.0, gt=0, description="Wall-clock limit of one generation; past it the generation "
         "is cancelled (the llama.cpp slot is freed) and the request answered with 504.")
