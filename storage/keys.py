@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,19 @@ class KeyRecord:
         return {"id": self.id, "name": self.name, "user_id": self.user_id,
                 "prefix": self.prefix, "is_admin": self.is_admin,
                 "created_at": self.created_at, "revoked_at": self.revoked_at}
+
+
+def new_key() -> str:
+    """A fresh key: "evk_" and 256 random bits, url-safe base64.
+
+    The display prefix is what people type to revoke a key (`evolora keys revoke PREFIX`),
+    so it must not begin with "-": a command line would read it as an option. One draw in
+    64 does; those are drawn again (this drops under 0.03 bits of the 256).
+    """
+    while True:
+        secret = secrets.token_urlsafe(32)
+        if not secret.startswith("-"):
+            return KEY_PREFIX + secret
 
 
 def hash_key(plaintext: str) -> str:

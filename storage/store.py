@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from storage.keys import KEY_PREFIX, KeyRecord, display_prefix, hash_key, key_record
+from storage.keys import KEY_PREFIX, KeyRecord, display_prefix, hash_key, key_record, new_key
 from storage.tables import (
     MAX_NAME_CHARS,
     ApiKeyRow,
@@ -129,7 +128,7 @@ class Store:
         """A new key: (plaintext, record). The plaintext is returned now and never again."""
         _check_text("name", name, MAX_NAME_CHARS)
         _check_text("user_id", user_id, MAX_NAME_CHARS)
-        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        plaintext = new_key()
         row = ApiKeyRow(id=uuid.uuid4().hex, name=name.strip(), user_id=user_id.strip(),
                         key_hash=hash_key(plaintext), prefix=display_prefix(plaintext),
                         is_admin=admin, created_at=time.time(), revoked_at=None)

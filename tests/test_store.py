@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from cli.keys import keys_app
 from evolora.settings import load_settings
+from storage.keys import display_prefix, new_key
 from storage.store import KEY_PREFIX, NotFound, Store, StoreError
 
 
@@ -33,6 +34,15 @@ def store(db_path: Path) -> Iterator[Store]:
 
 
 # ---------------------------------------------------------------------------- API keys
+
+
+def test_new_keys_never_begin_with_a_dash() -> None:
+    # The display prefix is typed on a command line (`evolora keys revoke PREFIX`), where a
+    # leading "-" reads as an option; one url-safe draw in 64 begins with one.
+    keys = [new_key() for _ in range(2000)]
+    assert all(key.startswith(KEY_PREFIX) and len(key) == len(KEY_PREFIX) + 43 for key in keys)
+    assert not any(display_prefix(key).startswith("-") for key in keys)
+    assert len(set(keys)) == len(keys)
 
 
 def test_key_create_verify_revoke(store: Store, db_path: Path) -> None:
