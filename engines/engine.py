@@ -135,7 +135,8 @@ def open_engine(settings: Settings, model_path: str, *, slots: int | None = None
             model_path, settings.model.dtype, device,
             inference_quantization(settings.train.quantization, device),
             oom_fallback_after=settings.serving.oom_cpu_fallback_after,
-            fault_oom_calls=frozenset(settings.serving.fault_oom_requests))
+            fault_oom_calls=frozenset(settings.serving.fault_oom_requests),
+            generation_timeout_s=generation_timeout_s or settings.serving.generation_timeout_s)
         for name, adapter_dir in (adapters or {}).items():
             runtime.attach(name, adapter_dir)
         return runtime

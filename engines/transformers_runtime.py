@@ -151,16 +151,20 @@ class ModelRuntime(ChatText):
     generations: int = 0
     consecutive_oom: int = 0
     cpu_fallbacks: int = 0
+    # A reply not finished this many seconds after it was asked for (waiting for the lock
+    # included) is stopped at its next token and raises GenerationTimeout
+    # (serving.generation_timeout_s); None: no limit.
+    generation_timeout_s: float | None = None
 
     @classmethod
     def load(cls, model_path: str, dtype: str = "bfloat16", device: str | None = None,
-             quantization: str = "none", **oom_policy: Any) -> ModelRuntime:
+             quantization: str = "none", **policy: Any) -> ModelRuntime:
         """Load the base model and tokenizer from a folder (or hub id when online);
-        `oom_policy`: `oom_fallback_after`, `fault_oom_calls`."""
+        `policy`: `oom_fallback_after`, `fault_oom_calls`, `generation_timeout_s`."""
         device = device or pick_device()
         return cls(load_base_model(model_path, dtype, device, quantization),
                    load_tokenizer(model_path), model_path, dtype=dtype, device=device,
-                   quantization=quantization, **oom_policy)
+                   quantization=quantization, **policy)
 
     engine_name = "transformers"
 
@@ -220,22 +224,55 @@ class ModelRuntime(ChatText):
         """Continue each prompt (batched, left-padded); each reply is cut at its first stop.
 
         `adapter` makes that adapter active first (under the lock); None keeps the active one.
+        Past `generation_timeout_s` it raises GenerationTimeout.
         """
-        with self.lock, torch.inference_mode():
+        from transformers import StoppingCriteriaList
+
+        deadline = self._deadline()
+        with self._locked(deadline), torch.inference_mode():
             if adapter is not None:
                 self.use(adapter)
             batch = self.tokenizer(prompts, return_tensors="pt", padding=True,
                                    add_special_tokens=False).to(self.model.device)
             kwargs = self._generation_kwargs(max_new_tokens, stop, temperature, top_p)
+            if deadline is not None:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([deadline])
             with self._out_of_memory_guard():
                 if self.active == BASE_ADAPTER and self.adapters:
                     with self.model.disable_adapter():
                         output = self.model.generate(**batch, **kwargs)
                 else:
                     output = self.model.generate(**batch, **kwargs)
+            if deadline is not None and deadline.fired:
+                raise self._timed_out()
             new_tokens = output[:, batch["input_ids"].shape[1]:]
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [cut_at_stop(text, stop or []) for text in texts]
+
+    def _deadline(self) -> _Deadline | None:
+        if self.generation_timeout_s is None:
+            return None
+        return _Deadline(time.monotonic() + self.generation_timeout_s)
+
+    @contextmanager
+    def _locked(self, deadline: _Deadline | None) -> Iterator[None]:
+        """The model lock, waited for no longer than `deadline` allows."""
+        wait = -1.0 if deadline is None else max(0.0, deadline.at - time.monotonic())
+        if not self.lock.acquire(timeout=wait):
+            raise self._timed_out()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    def _timed_out(self) -> Exception:
+        # engines.engine imports this module: its error is imported when first needed.
+        from engines.engine import GenerationTimeout
+
+        log.warning("engine.generation_timeout", engine=self.engine_name,
+                    limit_s=self.generation_timeout_s)
+        return GenerationTimeout(f"the generation ran past {self.generation_timeout_s:g} s "
+                                 "(serving.generation_timeout_s) and was cancelled")
 
     def stream(self, prompt: str, *, adapter: str, max_new_tokens: int = 96,
                stop: list[str] | None = None, temperature: float = 0.0, top_p: float = 1.0
@@ -245,7 +282,8 @@ class ModelRuntime(ChatText):
         Generation runs in a thread holding the model lock (with `adapter` active) from the
         first token to the last; text that could be the start of a stop sequence is held
         back until it is clear, so no stop sequence is ever emitted. Closing the generator
-        early (the reader left) stops generation at the next token and frees the lock.
+        early (the reader left) stops generation at the next token and frees the lock; so
+        does `generation_timeout_s`, and the reader gets GenerationTimeout.
         """
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -253,13 +291,17 @@ class ModelRuntime(ChatText):
                                         skip_special_tokens=True, timeout=600)
         cancelled = threading.Event()
         failure: list[BaseException] = []
+        deadline = self._deadline()
+        criteria = [_Cancelled(cancelled), *([deadline] if deadline is not None else [])]
 
         def run() -> None:
             try:
-                with self.lock:
+                with self._locked(deadline):
                     self.use(adapter)
                     self._generate_raw(prompt, max_new_tokens, stop, temperature, top_p,
-                                       streamer, StoppingCriteriaList([_Cancelled(cancelled)]))
+                                       streamer, StoppingCriteriaList(criteria))
+                if deadline is not None and deadline.fired:
+                    raise self._timed_out()
             except BaseException as exc:  # surfaced to the reader below
                 failure.append(exc)
                 streamer.end()
@@ -385,6 +427,21 @@ class _Cancelled(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
                  ) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
+class _Deadline(StoppingCriteria):
+    """A transformers stopping criterion: true for every row once the clock passes `at`
+    (time.monotonic); `fired` tells the caller the reply was cut by it."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.fired = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+                 ) -> torch.Tensor:
+        self.fired = self.fired or time.monotonic() >= self.at
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool,
                           device=input_ids.device)
 
 

@@ -341,8 +341,9 @@ class ServingSettings(Section):
         "then they are cancelled and the engine stops: the service is gone within this plus "
         "10 s, whatever it was generating (tests/test_service_shutdown.py).")
     generation_timeout_s: float = Field(
-        120.0, gt=0, description="Wall-clock limit of one generation; past it the generation "
-        "is cancelled (the llama.cpp slot is freed) and the request answered with 504.")
+        120.0, gt=0, description="Wall-clock limit of one generation, waiting for the model "
+        "included; past it the generation is cancelled at its next token (the llama.cpp slot "
+        "is freed) and the request answered with 504 (either engine).")
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -85,12 +85,20 @@ def run_cycle(settings: Settings, journal: CycleJournal) -> CycleSummary:
     evo = settings.evolution
     cycles_dir = journal.folder.parent
     started, resumed = time.perf_counter(), journal.resumed
+    down_s = journal.count_resume() if resumed else None
     if resumed:
-        log.info("cycle.resume", cycle=journal.cycle_id, members=list(journal.members))
+        # A recovery, counted: the journal, this log line, the parent run's metrics and the
+        # service's evolora_cycle_resumes_total (serving/ops_metrics.py).
+        log.info("cycle.resume", cycle=journal.cycle_id, members=list(journal.members),
+                 resumes=journal.resumes, down_s=down_s)
     recipes = seed_population(evo, settings.data.skills, seed=settings.train.seed,
                               max_steps=settings.train.max_steps)
     plan_progress(settings, journal, recipes)
     with _parent_run(settings, journal) as parent_run_id:
+        if resumed:
+            mlflow.log_metric("cycle_resumes", journal.resumes, step=journal.resumes)
+            if down_s is not None:
+                mlflow.log_metric("cycle_resume_down_s", down_s, step=journal.resumes)
         model_path = prepare_base_model(settings)
         base_sha = base_model_checksum(model_path)
         if not journal.warm_start_checked:  # decided once: a resumed cycle keeps its start

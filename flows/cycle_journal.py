@@ -49,6 +49,8 @@ class CycleJournal(BaseModel):
     # Seconds worked by all runs of this cycle, up to each one's last saved step (a killed
     # run's time after that is lost, as is its unsaved work).
     work_s: float = 0.0
+    # How many times a run picked this cycle up after an earlier one stopped unfinished.
+    resumes: int = 0
     # The cycles finished before this one: tonight's training problems are drawn with it.
     night: int = 0
     # Tonight's generated and harvested rows, before the champion's attempts and the mix.
@@ -75,6 +77,8 @@ class CycleJournal(BaseModel):
     _folder: Path = PrivateAttr()
     _work_before_s: float = PrivateAttr(0.0)
     _opened: float = PrivateAttr(default_factory=time.monotonic)
+    # When the journal was last written before this run opened it (a resumed cycle's stop).
+    _saved_at: float | None = PrivateAttr(None)
 
     @classmethod
     def open(cls, cycles_dir: Path, *, new: bool = False) -> CycleJournal:
@@ -115,6 +119,7 @@ class CycleJournal(BaseModel):
                              "move the folder away to start a new cycle") from None
         journal._folder = folder
         journal._work_before_s = journal.work_s
+        journal._saved_at = (folder / STATE_FILE).stat().st_mtime
         return journal
 
     @staticmethod
@@ -155,6 +160,12 @@ class CycleJournal(BaseModel):
     def resumed(self) -> bool:
         """Whether an earlier run of this cycle finished any step."""
         return self.template_data is not None or self.data is not None
+
+    def count_resume(self) -> float | None:
+        """Record that this run resumes the cycle; returns the seconds since the stopped run
+        last saved a step (how long the cycle was down), None when unknown."""
+        self.update(resumes=self.resumes + 1)
+        return None if self._saved_at is None else round(time.time() - self._saved_at, 1)
 
     @property
     def worked_s(self) -> float:

@@ -74,6 +74,7 @@ def summarize(journal: CycleJournal, evo: EvolutionSettings, *, best_initial: Me
         specialist_merge=merge,
         started_from=journal.warm_start.id if journal.warm_start else None,
         resumed=resumed,
+        resumes=journal.resumes,
         wall_s=round(journal.worked_s, 1), wall_s_this_run=round(wall_s_this_run, 1),
         evolution_gain=challenger.fitness - best_initial.fitness,
         evolution_gain_hard=(challenger.eval.hard

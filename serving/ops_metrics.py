@@ -6,6 +6,7 @@ missed or failed night can alert) and the platform's crash/recovery counts.
     evolora_last_cycle_end_timestamp_seconds       when it ended (start time while running)
     evolora_last_successful_cycle_timestamp_seconds  0 when no cycle ever finished
     evolora_champion_test_accuracy, evolora_champion_version
+    evolora_cycle_resumes_total                    resumes of the latest 50 cycles
     evolora_component_crashes_total / _recoveries_total{component}
 """
 
@@ -36,7 +37,8 @@ def last_cycle_outcome(tracking_uri: str, model_name: str) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    outcome: dict[str, Any] = {"last": None, "last_success": None, "champion_version": None}
+    outcome: dict[str, Any] = {"last": None, "last_success": None, "champion_version": None,
+                               "resumes": 0}
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         cycles = client.search_runs([experiment.experiment_id], f"tags.`{STEP_TAG}` = 'cycle'",
@@ -45,6 +47,8 @@ def last_cycle_outcome(tracking_uri: str, model_name: str) -> dict[str, Any]:
             outcome["last"] = cycles[0]
         outcome["last_success"] = next((r for r in cycles if r.info.status == "FINISHED"),
                                        None)
+        # A killed cycle that a later run finished (flows/cycle.py logs cycle_resumes).
+        outcome["resumes"] = int(sum(r.data.metrics.get("cycle_resumes", 0) for r in cycles))
     try:
         outcome["champion_version"] = client.get_model_version_by_alias(model_name,
                                                                         CHAMPION).version
@@ -106,6 +110,9 @@ class OperationsCollector(Collector):
             yield GaugeMetricFamily("evolora_last_cycle_end_timestamp_seconds",
                                     "When the latest cycle run ended (its start while it "
                                     "runs).", value=ended)
+        yield CounterMetricFamily("evolora_cycle_resumes", "Runs that picked up a cycle an "
+                                  "earlier run left unfinished (over the latest 50 cycles).",
+                                  value=float(outcome["resumes"]))
         yield GaugeMetricFamily("evolora_last_successful_cycle_timestamp_seconds",
                                 "When the latest finished cycle ended; 0: none yet.",
                                 value=(success.info.end_time / 1000) if success else 0.0)

@@ -347,6 +347,8 @@ class CycleSummary(Record):
     # The champion this cycle's generalist continued ("champion-v3"), None for a cold start.
     started_from: str | None = None
     resumed: bool
+    # How many times this cycle was resumed after a run of it stopped unfinished.
+    resumes: int = 0
     # All runs of this cycle (a resumed one included); this run's alone beside it.
     wall_s: float
     wall_s_this_run: float

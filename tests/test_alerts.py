@@ -119,7 +119,8 @@ def test_the_exporter_reports_the_last_cycle_and_the_last_success(tmp_path: Path
                                     tmp_path / "none.json")
     first = {m.name: m for m in collector.collect()}
     assert first["evolora_last_successful_cycle_timestamp_seconds"].samples[0].value == 0
-    record_cycle(db, "FINISHED", 0.42)
+    assert first["evolora_cycle_resumes"].samples[0].value == 0
+    record_cycle(db, "FINISHED", 0.42, resumes=2)
     record_cycle(db, "FAILED", 0.0)
     collector._cached = None  # the 30 s cache, skipped
     values = {m.name: m.samples for m in collector.collect()}
@@ -129,6 +130,8 @@ def test_the_exporter_reports_the_last_cycle_and_the_last_success(tmp_path: Path
     assert values["evolora_champion_test_accuracy"][0].value == pytest.approx(0.42)
     assert values["evolora_last_successful_cycle_timestamp_seconds"][0].value > 1.7e9
     assert values["evolora_champion_version"][0].value == 0.0  # nothing registered
+    assert values["evolora_cycle_resumes"][0].name == "evolora_cycle_resumes_total"
+    assert values["evolora_cycle_resumes"][0].value == 2.0
 
 
 def test_rules_and_dashboard_read_only_metrics_the_service_exports(
@@ -142,7 +145,7 @@ def test_rules_and_dashboard_read_only_metrics_the_service_exports(
     assert used - names == set()
 
 
-def record_cycle(db: Path, status: str, accuracy: float) -> None:
+def record_cycle(db: Path, status: str, accuracy: float, resumes: int = 0) -> None:
     from mlflow.tracking import MlflowClient
 
     from evolora.vocabulary import STEP_TAG
@@ -153,4 +156,6 @@ def record_cycle(db: Path, status: str, accuracy: float) -> None:
         "evolora", artifact_location=str(db.parent / "artifacts"))
     run = client.create_run(experiment_id, tags={STEP_TAG: "cycle", "evolora.cycle": status})
     client.log_metric(run.info.run_id, "summary_champion", accuracy)
+    if resumes:
+        client.log_metric(run.info.run_id, "cycle_resumes", resumes)
     client.set_terminated(run.info.run_id, status)

@@ -24,6 +24,7 @@ from cli.main import app
 from evolora.settings import Settings
 from evolora.tracking import setup_mlflow
 from flows.cycle_journal import STATE_FILE, CycleJournal
+from serving.ops_metrics import OperationsCollector
 from tasks.records import CycleSummary, InitialRecipe, Member, Scores
 from tasks.registry.versions import compare_checksums, version_checksums
 from tests.support.adapters import adapter_distance
@@ -251,6 +252,15 @@ def test_killed_cycle_resumes_without_retraining(cycle_env: Settings, tmp_path: 
     assert len(initial_runs) == 3, "each initial member trained exactly once"
     after = CycleJournal.load(state_file.parent)
     assert after is not None and after.status == "done"
+    # The recovery is counted: the journal, the summary, the parent run, the exporter.
+    assert after.resumes == 1 and summary.resumes == 1
+    parent = client.get_run(after.parent_run_id)
+    assert parent.data.metrics["cycle_resumes"] == 1
+    assert parent.data.metrics["cycle_resume_down_s"] >= 0
+    exported = {m.name: m.samples[0].value for m in OperationsCollector(
+        cycle_env.paths.resolved_tracking_uri, cycle_env.evolution.registry_model_name,
+        tmp_path / "no-recoveries.json").collect() if m.samples}
+    assert exported["evolora_cycle_resumes"] == 1.0
     # The resumed run kept the plan the killed one recorded.
     assert after.plans[1] == before.plans[1]
 

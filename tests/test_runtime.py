@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -94,3 +95,46 @@ def test_a_vanishing_temperature_is_greedy_not_a_crash(runtime: ModelRuntime) ->
     assert runtime.generate([prompt], max_new_tokens=6, temperature=1e-300) == greedy
     assert "".join(runtime.stream(prompt, adapter=BASE_ADAPTER, max_new_tokens=6,
                                   temperature=1e-300, top_p=1e-300)) == greedy[0]
+
+
+def test_a_generation_past_its_time_limit_is_stopped_and_raises(
+        runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.engine import GenerationTimeout
+
+    prompt = runtime.chat_prompt([{"role": "user", "content": "Tell me a story."}])
+    runtime.generate([prompt], max_new_tokens=2)  # warm up: the first call is slow
+    started = time.perf_counter()
+    runtime.generate([prompt], max_new_tokens=300)
+    full_s = time.perf_counter() - started
+
+    monkeypatch.setattr(runtime, "generation_timeout_s", full_s / 10)
+    started = time.perf_counter()
+    with pytest.raises(GenerationTimeout, match=r"serving\.generation_timeout_s"):
+        runtime.generate([prompt], max_new_tokens=300)
+    assert time.perf_counter() - started < full_s / 2  # stopped at a token, not at the end
+    with pytest.raises(GenerationTimeout):
+        "".join(runtime.stream(prompt, adapter=BASE_ADAPTER, max_new_tokens=300))
+    assert runtime.lock.acquire(blocking=False)  # neither left the model locked
+    runtime.lock.release()
+
+    # Waiting for the model counts: a reply queued behind a busy model times out too.
+    busy, done = threading.Event(), threading.Event()
+
+    def hold_the_model() -> None:
+        with runtime.lock:
+            busy.set()
+            done.wait(60)
+
+    holder = threading.Thread(target=hold_the_model)
+    holder.start()
+    busy.wait(60)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(GenerationTimeout):
+            runtime.generate([prompt], max_new_tokens=2)
+        assert time.perf_counter() - started < full_s / 2
+    finally:
+        done.set()
+        holder.join()
+    monkeypatch.setattr(runtime, "generation_timeout_s", None)
+    assert runtime.generate([prompt], max_new_tokens=300) != [""]  # no limit: a full reply
