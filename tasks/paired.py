@@ -23,6 +23,9 @@ from typing import Any
 
 Z_95 = 1.959964
 OVERALL_GROUP = "overall"
+# The levels generated problem ids carry (`tasks.data.skills.LEVELS`, kept apart so this
+# module stays free of the data layer).
+GROUP_LEVELS = ("easy", "hard")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,12 @@ def compare_paired(a: Mapping[str, bool], b: Mapping[str, bool],
         delta=(won - lost) / n, low=max(-1.0, centre - spread), high=min(1.0, centre + spread))
 
 
+def is_cell(label: str) -> bool:
+    """Whether a group label is a skill x level cell (`units_hard`), not a skill or level."""
+    skill, _, level = label.rpartition("_")
+    return bool(skill) and level in GROUP_LEVELS
+
+
 def problem_groups(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
     """Problem ids by the groups scores are reported in: overall, each level, each skill,
     each skill x level (labels as in the metric keys: `hard`, `units`, `units_hard`)."""
@@ -112,7 +121,7 @@ def groups_from_ids(ids: Iterable[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {OVERALL_GROUP: []}
     for problem in ids:
         parts = problem.split("-")
-        if len(parts) == 4 and parts[2] in ("easy", "hard"):
+        if len(parts) == 4 and parts[2] in GROUP_LEVELS:
             rows.append({"id": problem, "skill": parts[1], "level": parts[2]})
         else:
             groups[OVERALL_GROUP].append(problem)

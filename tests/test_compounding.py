@@ -13,6 +13,7 @@ from agent.react_format import render_action, render_final
 from agent.tools import default_tools
 from evolora.settings import DataSettings
 from tasks.data.generate import generate_examples
+from tasks.data.skills import LEVELS
 from tasks.harvest.mix import compose_mix, mix_metrics
 from tasks.harvest.self_attempts import (
     FALLBACK_SOURCE,
@@ -21,7 +22,14 @@ from tasks.harvest.self_attempts import (
     attempt_problems,
     yield_metrics,
 )
-from tasks.paired import compare_by_group, compare_paired, groups_from_ids, problem_groups
+from tasks.paired import (
+    GROUP_LEVELS,
+    compare_by_group,
+    compare_paired,
+    groups_from_ids,
+    is_cell,
+    problem_groups,
+)
 from tasks.registry import gate
 
 # --- paired comparisons -------------------------------------------------------------------
@@ -112,6 +120,28 @@ def test_the_paired_gate_refuses_a_skill_significantly_worse_even_when_overall_r
     # A drop of two problems in one skill is noise: not a refusal.
     challenger = {**{i: n >= 2 for n, i in enumerate(units)}, **dict.fromkeys(dates, True)}
     assert _gate(champion, challenger).promote
+
+
+def test_a_cell_worse_alone_is_reported_but_only_a_skill_or_level_refuses() -> None:
+    assert GROUP_LEVELS == LEVELS and is_cell("units_hard") and not is_cell("units")
+    units_easy, units_hard = _ids("units", "easy", 20), _ids("units", "hard", 20)
+    dates_easy = _ids("dates", "easy", 40)
+    champion = {**dict.fromkeys(units_easy, True), **dict.fromkeys(units_hard, False),
+                **{i: n >= 10 for n, i in enumerate(dates_easy)}}
+    # units_easy loses 8 of 20 (significant in its cell); units gains 12 of its hard cell
+    # and the easy level gains 10 on dates: neither the skill nor the level is worse.
+    challenger = {**{i: n >= 8 for n, i in enumerate(units_easy)},
+                  **dict.fromkeys(units_hard, True), **dict.fromkeys(dates_easy, True)}
+    decision = _gate(champion, challenger)
+    assert decision.promote, decision.reasons
+    [note] = [r for r in decision.reasons if r.startswith("units_easy: ")]
+    assert "not gated, its skill is" in note and "(0 won, 8 lost of 20)" in note
+
+    # The same cell loss with nothing gained in the skill: units itself is worse, refused.
+    challenger.update(dict.fromkeys(units_hard, False))
+    decision = _gate(champion, challenger)
+    assert not decision.promote
+    assert any(r.startswith("units: ") and "significantly worse" in r for r in decision.reasons)
 
 
 def test_the_paired_gate_refuses_a_worse_challenger_overall() -> None:
