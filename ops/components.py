@@ -123,7 +123,9 @@ def platform_components(settings: Settings, config: str | None) -> list[Componen
             ui_url=f"{prefect_ui}/work-pools/work-pool/{platform.work_pool}"),
         "mlflow": Component(
             "mlflow",
-            [executable("mlflow"), "server", "--host", platform.host,
+            # The wrapper first stops a web server a killed launcher left on the port.
+            [sys.executable, "-m", "ops.mlflow_server", "--port", str(platform.mlflow_port),
+             "--", executable("mlflow"), "server", "--host", platform.host,
              "--port", str(platform.mlflow_port), "--workers", "1",
              "--backend-store-uri", settings.paths.resolved_tracking_uri,
              "--default-artifact-root", str(settings.paths.artifact_root)],

@@ -210,32 +210,40 @@ def test_collection_is_cosine_and_named(store: MemoryStore) -> None:
 
 
 @pytest.mark.server
-def test_http_client_against_a_local_chroma_server(tmp_path: Path, embedder: Embedder) -> None:
-    """The scale-out path: the same store through `chroma run` and HttpClient."""
+def test_http_client_against_the_platforms_chroma_server(
+        tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scale-out path: the same store through the Chroma server `evolora up` runs when
+    memory.chroma_url is on this machine (its command and health URL, from ops.components),
+    and HttpClient."""
     import socket
     import time
     import urllib.request
 
-    chroma = Path(sys.executable).with_name("chroma")
-    if not chroma.exists():
-        pytest.skip("the chroma CLI is not installed beside this Python")
+    from evolora.settings import load_settings
+    from ops.components import platform_components
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [str(chroma), "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    for name in list(os.environ):
+        if name.startswith("EVOLORA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("EVOLORA_PATHS__DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("EVOLORA_MEMORY__CHROMA_URL", f"http://127.0.0.1:{port}")
+    [chroma] = [component for component in platform_components(load_settings("tiny"), "tiny")
+                if component.name == "chroma"]
+    assert chroma.health_url == f"http://127.0.0.1:{port}/api/v2/heartbeat"
+    server = subprocess.Popen(chroma.command, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+                urllib.request.urlopen(chroma.health_url, timeout=1)
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("chroma run did not start within 60 s")
+                    pytest.fail("the chroma component did not start within 120 s")
                 time.sleep(0.2)
         settings = MemorySettings(chroma_url=f"http://127.0.0.1:{port}")
         store = MemoryStore(settings, tmp_path, embedder=embedder)
@@ -246,6 +254,7 @@ def test_http_client_against_a_local_chroma_server(tmp_path: Path, embedder: Emb
         assert found.id == note.id
         assert store.delete("bob", note.id) is False and store.count("alice") == 1
         assert not (tmp_path / "chroma").exists()  # nothing embedded was opened
+        assert (tmp_path / "data" / "chroma-server").is_dir()  # the server's own folder
     finally:
         server.terminate()
         server.wait(timeout=30)
