@@ -19,7 +19,7 @@ from agent.memory import (
     importance_score,
     recency_weight,
 )
-from evolora.settings import MemorySettings
+from evolora.settings import MemorySettings, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = 86400.0
@@ -211,7 +211,7 @@ def test_collection_is_cosine_and_named(store: MemoryStore) -> None:
 
 @pytest.mark.server
 def test_http_client_against_the_platforms_chroma_server(
-        tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, embedder: Embedder, tiny_settings: Settings) -> None:
     """The scale-out path: the same store through the Chroma server `evolora up` runs when
     memory.chroma_url is on this machine (its command and health URL, from ops.components),
     and HttpClient."""
@@ -219,18 +219,14 @@ def test_http_client_against_the_platforms_chroma_server(
     import time
     import urllib.request
 
-    from evolora.settings import load_settings
     from ops.components import platform_components
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    for name in list(os.environ):
-        if name.startswith("EVOLORA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("EVOLORA_PATHS__DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("EVOLORA_MEMORY__CHROMA_URL", f"http://127.0.0.1:{port}")
-    [chroma] = [component for component in platform_components(load_settings("tiny"), "tiny")
+    memory = tiny_settings.memory.model_copy(update={"chroma_url": f"http://127.0.0.1:{port}"})
+    settings = tiny_settings.model_copy(update={"memory": memory})
+    [chroma] = [component for component in platform_components(settings, "tiny")
                 if component.name == "chroma"]
     assert chroma.health_url == f"http://127.0.0.1:{port}/api/v2/heartbeat"
     server = subprocess.Popen(chroma.command, stdout=subprocess.DEVNULL,

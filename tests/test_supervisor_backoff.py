@@ -3,28 +3,21 @@ backing off, then leaves it FATAL; the event listener counts it (real supervisor
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from evolora.platform import logs_dir, read_recoveries, recoveries_path
-from evolora.settings import load_settings
+from evolora.settings import Settings
 from ops.components import Component
 from ops.supervisor import start_supervisord, stop_supervisord
 
 
 @pytest.mark.server
-def test_a_component_that_keeps_dying_backs_off_then_is_fatal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("EVOLORA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("EVOLORA_PATHS__DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("EVOLORA_PLATFORM__START_RETRIES", "2")
-    settings = load_settings("tiny")
+def test_a_component_that_keeps_dying_backs_off_then_is_fatal(tiny_settings: Settings) -> None:
+    platform = tiny_settings.platform.model_copy(update={"start_retries": 2})
+    settings = tiny_settings.model_copy(update={"platform": platform})
     broken = Component("broken", [sys.executable, "-c", "import sys; sys.exit(3)"],
                        health_url="http://127.0.0.1:9/", ui_url="")
     supervisor = start_supervisord(settings, [broken], env={})
