@@ -200,6 +200,11 @@ class TrainSettings(Section):
     )
     learning_rate: float = Field(1e-3, gt=0, lt=1)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    continue_lr_scale: float = Field(
+        0.3, gt=0, le=1, description="Training that continues an adapter (a night's warm start "
+        "from the champion, a fine-tune mutation) peaks at this fraction of learning_rate: at "
+        "the full rate a continuation moves as far as the champion's whole training did and "
+        "unlearns skills it had (docs/history.md, 2026-12-07).")
     max_steps: int = Field(60, gt=0)
     batch_size: int | None = Field(None, gt=0, description="None: chosen from the memory budget.")
     grad_accum: int | None = Field(None, gt=0)

@@ -152,3 +152,26 @@ def test_a_real_cuda_out_of_memory_is_recovered_within_the_cap(
     assert result.oom_fallbacks and result.oom_fallbacks[0]["change"].startswith("micro_batch")
     assert result.metrics["peak_vram_reserved_mb"] <= 256
     assert verify_adapter_files(result.adapter_dir) == []
+
+
+def test_a_run_that_continues_an_adapter_peaks_at_the_continuation_rate(
+    tiny_settings: Settings, rows: Any
+) -> None:
+    # A night's warm start continues the champion: at the full rate it would move as far as
+    # the champion's whole training did (and, measured, unlearn skills the champion had).
+    settings = with_train(tiny_settings, max_steps=4, batch_size=2, logging_steps=1,
+                          continue_lr_scale=0.25)
+    setup_mlflow(settings)
+    adapters = settings.paths.data_dir / "adapters"
+    fresh = train_adapter(settings, settings.model.base, rows, adapters, "fresh")
+    continued = train_adapter(settings, settings.model.base, rows, adapters, "continued",
+                              init_adapter=fresh.adapter_dir)
+
+    lr = settings.train.learning_rate
+    assert max(v for _, v in history(fresh.run_id, "learning_rate")) == pytest.approx(lr)
+    assert [v for _, v in history(continued.run_id, "learning_rate")] == pytest.approx(
+        [0.25 * lr * warmup_factor(s, warmup=1, total=4, kind="cosine") for s in range(4)])
+    params = MlflowClient().get_run(continued.run_id).data.params
+    assert float(params["run.peak_learning_rate"]) == pytest.approx(0.25 * lr)
+    assert params["run.continues"] == str(fresh.adapter_dir)
+    assert MlflowClient().get_run(fresh.run_id).data.params["run.continues"] == "None"

@@ -151,8 +151,11 @@ def train_adapter(
     fallbacks: list[dict[str, Any]] = []
     try:
         with start_step_run(f"train-{name}", parent_run_id, run_tags) as run:
-            log_resolved_config(settings, {"name": name, "seed": seed, "max_steps": steps,
-                                           "plan": plan.to_dict()})
+            log_resolved_config(settings, {
+                "name": name, "seed": seed, "max_steps": steps, "plan": plan.to_dict(),
+                "continues": str(init_adapter) if init_adapter else None,
+                "peak_learning_rate": peak_learning_rate(train,
+                                                         continuing=init_adapter is not None)})
             if dataset_hashes and dataset_hashes.get("train"):
                 from tasks.data import log_dataset_to_mlflow
 
@@ -241,6 +244,12 @@ def train_adapter(
                        base_model=attempt.model_path, oom_fallbacks=fallbacks)
 
 
+def peak_learning_rate(train: TrainSettings, *, continuing: bool) -> float:
+    """The schedule's peak: `learning_rate`, scaled by `continue_lr_scale` when the run
+    continues an existing adapter rather than a fresh one."""
+    return train.learning_rate * (train.continue_lr_scale if continuing else 1.0)
+
+
 def _build_trainer(attempt: Attempt, train: TrainSettings, dataset: Any, staging: Path,
                    steps: int, seed: int, oom_steps: set[int], init_adapter: Path | None
                    ) -> tuple[Any, MlflowStepLogger, ResumePoint | None]:
@@ -259,7 +268,7 @@ def _build_trainer(attempt: Attempt, train: TrainSettings, dataset: Any, staging
         per_device_train_batch_size=plan.micro_batch,
         gradient_accumulation_steps=plan.grad_accum,
         gradient_checkpointing=plan.gradient_checkpointing,
-        learning_rate=train.learning_rate,
+        learning_rate=peak_learning_rate(train, continuing=init_adapter is not None),
         lr_scheduler_type=train.lr_scheduler,
         # The warm-up never starts at 0 (callbacks.warmup_factor): step 1 already learns.
         warmup_steps=max(1, steps // 20),
