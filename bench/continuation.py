@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evolora.logs import configure_logging
 from evolora.models import resolve_base_model
 from evolora.settings import Settings, load_settings
 from flows.cycle_journal import STATE_FILE, CycleJournal
@@ -47,12 +48,14 @@ def main() -> None:
                         help="fractions of train.learning_rate to peak at")
     parser.add_argument("--steps", type=int, help="default: the night generalist's steps")
     args = parser.parse_args()
+    configure_logging()  # our events to stderr: stdout is the one JSON object
 
     from tasks.data import load_split
     from tasks.evaluate import evaluate_adapters
     from tasks.paired import compare_by_group, problem_groups
     from tasks.registry import gate
     from tasks.train import train_adapter
+    from tasks.train.trainer import peak_learning_rate
 
     settings = load_settings(args.config)
     cycle = args.cycle or newest_warm_cycle(settings)
@@ -80,7 +83,7 @@ def main() -> None:
                                                   "tracking_uri": None})
         setup_mlflow(settings.model_copy(update={"paths": store}))
         candidates: dict[str, Path | None] = {champion.id: champion.adapter_dir}
-        train_loss = {}
+        trained: dict[str, dict[str, float]] = {}
         for scale in scales:
             name = f"scale-{scale:g}"
             train = settings.train.model_copy(update={"continue_lr_scale": scale})
@@ -88,19 +91,20 @@ def main() -> None:
                                    train_rows, Path(root) / "adapters", name, seed=seed,
                                    max_steps=steps, init_adapter=champion.adapter_dir)
             candidates[name] = result.adapter_dir
-            train_loss[name] = round(result.metrics.get("train_loss", float("nan")), 4)
+            trained[name] = {
+                "peak_learning_rate": peak_learning_rate(train, continuing=True),
+                "train_loss": round(result.metrics.get("train_loss", float("nan")), 4)}
         results = evaluate_adapters(settings, model_path, test_rows, candidates)
     outcomes = {name: {str(r["id"]): bool(r["correct"]) for r in res.rows}
                 for name, res in results.items()}
     report = {}
-    for name in train_loss:
+    for name, training in trained.items():
         paired = compare_by_group(outcomes[champion.id], outcomes[name], groups)
         decision = gate(results[name].metrics, results[champion.id].metrics, margin=0.0,
                         tolerance=settings.evolution.regression_tolerance, challenger=name,
                         champion=champion.id, paired=paired)
         report[name] = {
-            "peak_learning_rate": settings.train.learning_rate * float(name.split("-")[1]),
-            "train_loss": train_loss[name],
+            **training,
             "accuracy": round(results[name].accuracy, 4),
             "easy": round(results[name].metrics["test_accuracy_easy"], 4),
             "hard": round(results[name].metrics["test_accuracy_hard"], 4),

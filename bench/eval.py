@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evolora.logs import configure_logging
 from evolora.models import resolve_base_model
 from evolora.settings import Settings, load_settings
 
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, help="llama.cpp parallel slots (default: the "
                         "config's serving.parallel_slots).")
     args = parser.parse_args()
+    configure_logging()  # our events to stderr: stdout is the one JSON object
 
     from evolora.tracking import setup_mlflow
     from tasks.data import build_splits

@@ -20,6 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evolora.logs import configure_logging
 from evolora.models import resolve_base_model
 from evolora.settings import load_settings
 
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, required=True)
     parser.add_argument("--split", default="eval", choices=["eval", "test", "continuity"])
     args = parser.parse_args()
+    configure_logging()  # our events to stderr: stdout is the one JSON object
 
     from agent.loop import run_agent_batch
     from agent.tools import default_tools

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evolora.logs import configure_logging
 from evolora.models import resolve_base_model
 from evolora.settings import Settings, load_settings
 from flows.cycle_journal import STATE_FILE, CycleJournal
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--methods", default="mean,ties,sum")
     parser.add_argument("--density", type=float, default=0.5, help="ties: fraction kept")
     args = parser.parse_args()
+    configure_logging()  # our events to stderr: stdout is the one JSON object
 
     from evolora.tracking import setup_mlflow
     from tasks.data import load_split

@@ -29,6 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evolora.logs import configure_logging
 from evolora.models import resolve_base_model
 from evolora.settings import ServingSettings, Settings, load_settings
 from evolora.vocabulary import CHAMPION
@@ -202,6 +203,7 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, help="An adapter folder to serve as champion "
                         "(default: the base model alone).")
     args = parser.parse_args()
+    configure_logging()  # our events to stderr: stdout is the one JSON object
 
     from evolora.models import cpu_threads
     from serving.app import create_app
