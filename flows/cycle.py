@@ -16,6 +16,7 @@ first looks for its record in the journal.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,7 +58,9 @@ from tasks.records import (
     InitialRecipe,
     Member,
     ScoredSplit,
+    Trunk,
 )
+from tasks.train.trunk import TRUNK_DIR, WsdSchedule, decay_steps_for, latest_trunk
 
 log = get_logger(__name__)
 
@@ -102,8 +105,11 @@ def run_cycle(settings: Settings, journal: CycleJournal) -> CycleSummary:
         model_path = prepare_base_model(settings)
         base_sha = base_model_checksum(model_path)
         if not journal.warm_start_checked:  # decided once: a resumed cycle keeps its start
-            journal.update(warm_start=warm_start_member(settings, base_sha, journal.adapters_dir),
-                           warm_start_checked=True)
+            champion = warm_start_member(settings, base_sha, journal.adapters_dir)
+            trunk = None
+            if champion is not None and evo.trunk:
+                trunk = latest_trunk(cycles_dir, journal.cycle_id, base_sha)
+            journal.update(warm_start=champion, trunk=trunk, warm_start_checked=True)
         champion = journal.warm_start
         if journal.data is None:
             if journal.template_data is None:
@@ -144,7 +150,7 @@ def run_cycle(settings: Settings, journal: CycleJournal) -> CycleSummary:
                         evaluate_member(settings, ctx, member, split)))
             return member
 
-        recipes = continue_champion(recipes, champion)
+        recipes = continue_champion(recipes, journal.trunk or champion)
         if journal.base_test is None:
             with stage("eval/base/test"):
                 journal.update(base_test=evaluate_member(settings, ctx, None, "test"))
@@ -161,7 +167,17 @@ def run_cycle(settings: Settings, journal: CycleJournal) -> CycleSummary:
                     start = None
                     if recipe.init_from:
                         start = journal.members.get(recipe.init_from) or champion
-                    journal.keep(train_member(settings, ctx, member_id, recipe, start))
+                    wsd = None
+                    if evo.trunk and recipe.role == "generalist":
+                        # The nights' one schedule: this run continues the trunk (if any)
+                        # and keeps the next one before it decays.
+                        wsd = WsdSchedule(
+                            decay_steps=decay_steps_for(recipe.steps, evo.trunk_decay_fraction),
+                            save_to=journal.folder / TRUNK_DIR, cycle_id=journal.cycle_id,
+                            base_model_sha256=base_sha, resume=journal.trunk)
+                        if journal.trunk is not None:
+                            start = trunk_member(journal.trunk, settings)
+                    journal.keep(train_member(settings, ctx, member_id, recipe, start, wsd))
             population.append(scored(journal.members[member_id], "eval"))
         best_initial = max(population, key=lambda m: m.fitness)
 
@@ -304,12 +320,26 @@ def pick_challenger(population: list[Member], best_initial: Member) -> tuple[Mem
     return fittest, f"{fittest.id}: the fittest on the eval split ({fittest.fitness:.3f})"
 
 
-def continue_champion(recipes: dict[str, InitialRecipe], champion: Member | None
+def continue_champion(recipes: dict[str, InitialRecipe], start: Member | Trunk | None
                       ) -> dict[str, InitialRecipe]:
-    """The population's recipes with the generalist continuing `champion` (warm start):
-    the specialists continue the generalist as before, so the whole night builds on it."""
-    if champion is None:
+    """The population's recipes with the generalist continuing `start` (warm start): an
+    earlier night's trunk, else the champion. The specialists continue the generalist as
+    before, so the whole night builds on it."""
+    if start is None:
         return recipes
-    return {member_id: recipe.model_copy(update={"init_from": champion.id})
+    start_id = start.member_id if isinstance(start, Trunk) else start.id
+    return {member_id: recipe.model_copy(update={"init_from": start_id})
             if recipe.role == "generalist" and recipe.init_from is None else recipe
             for member_id, recipe in recipes.items()}
+
+
+def trunk_member(trunk: Trunk, settings: Settings) -> Member:
+    """The trunk as the member tonight's generalist starts from."""
+    # Inherited, not trained tonight: a generalist recipe of the steps behind it.
+    from tasks.evolve import adapter_rank
+
+    recipe = InitialRecipe(role="generalist", skills=list(settings.data.skills),
+                           seed=settings.train.seed, steps=trunk.steps)
+    config = json.loads((trunk.folder / "adapter_config.json").read_text())
+    return Member(id=trunk.member_id, adapter_dir=trunk.folder, rank=adapter_rank(config),
+                  generation=0, recipe=recipe)

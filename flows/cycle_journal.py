@@ -28,6 +28,7 @@ from tasks.records import (
     Promotion,
     Scores,
     SelfAttemptReport,
+    Trunk,
 )
 
 log = get_logger(__name__)
@@ -70,6 +71,9 @@ class CycleJournal(BaseModel):
     # The registry champion the generalist continues (warm start), decided once per cycle.
     warm_start: Member | None = None
     warm_start_checked: bool = False
+    # The trunk (an earlier night's generalist before its decay) tonight's generalist
+    # continues, decided with the warm start; None: it continues `warm_start`, if any.
+    trunk: Trunk | None = None
     plans: dict[int, GenerationPlan] = Field(default_factory=dict)
     promotion: Promotion | None = None
     summary: CycleSummary | None = None

@@ -24,6 +24,7 @@ from tasks.records import (
     SpecialistMergeReport,
 )
 from tasks.registry.versions import get_version, version_outcomes
+from tasks.train.trunk import TRUNK_DIR, read_trunk
 
 
 def summarize(journal: CycleJournal, evo: EvolutionSettings, *, best_initial: Member,
@@ -57,6 +58,7 @@ def summarize(journal: CycleJournal, evo: EvolutionSettings, *, best_initial: Me
     mix = journal.data.mix if journal.data else None
     self_report = journal.self_report
     tried = sum(self_report.problems.values()) if self_report else 0
+    kept_trunk = read_trunk(journal.folder / TRUNK_DIR)
     return CycleSummary(
         cycle_id=journal.cycle_id,
         base=base.accuracy, base_hard=base.hard,
@@ -72,7 +74,9 @@ def summarize(journal: CycleJournal, evo: EvolutionSettings, *, best_initial: Me
         promoted=promotion.promoted, registry_version=promotion.version,
         gate_reasons=promotion.reasons,
         specialist_merge=merge,
-        started_from=journal.warm_start.id if journal.warm_start else None,
+        started_from=(journal.trunk.member_id if journal.trunk
+                      else journal.warm_start.id if journal.warm_start else None),
+        trunk_steps=kept_trunk.steps if kept_trunk else 0,
         resumed=resumed,
         resumes=journal.resumes,
         wall_s=round(journal.worked_s, 1), wall_s_this_run=round(wall_s_this_run, 1),

@@ -33,6 +33,7 @@ from tasks.records import (
     ScoredSplit,
     Scores,
 )
+from tasks.train.trunk import WsdSchedule
 
 log = get_logger(__name__)
 
@@ -114,8 +115,9 @@ def warm_start_member(settings: Settings, base_sha: str, adapters_dir: Path) -> 
 
 @task(name="train-member", retries=1, retry_delay_seconds=5)
 def train_member(settings: Settings, ctx: CycleContext, member_id: str, recipe: InitialRecipe,
-                 start: Member | None) -> Member:
-    """Train one initial member on its skills' rows (continuing `start`'s adapter if given)."""
+                 start: Member | None, wsd: WsdSchedule | None = None) -> Member:
+    """Train one initial member on its skills' rows (continuing `start`'s adapter if given;
+    with `wsd`, as tonight's part of the trunk's schedule, tasks/train/trunk.py)."""
     from tasks.data import load_split
     from tasks.evolve import rows_for_skills
     from tasks.train import train_adapter
@@ -129,7 +131,7 @@ def train_member(settings: Settings, ctx: CycleContext, member_id: str, recipe: 
                            parent_run_id=ctx.parent_run_id,
                            init_adapter=start.adapter_dir if start else None,
                            manifest_extra={"recipe": recipe.to_json(), "parents": [],
-                                           "generation": 0})
+                                           "generation": 0}, wsd=wsd)
     return member.model_copy(update={"adapter_dir": result.adapter_dir,
                                      "train_run_id": result.run_id})
 

@@ -31,6 +31,8 @@ class Night(BaseModel):
     train_steps: int
     wall_s: float
     challenger: float
+    # Optimizer steps the trunk had behind it after this night (0: no trunk).
+    trunk_steps: int = 0
     champion_continuity: float | None = None
     self_yield: float | None = None
     # The champion per level, skill and skill x level ("hard", "units_hard").
@@ -54,7 +56,8 @@ class NightsRecord(BaseModel):
             champion_hard=summary.champion_hard, champion_version=summary.champion_version,
             promoted=summary.promoted, test_problems=summary.test_problems,
             train_steps=summary.train_steps, wall_s=round(wall_s, 1),
-            challenger=summary.challenger, champion_continuity=summary.champion_continuity,
+            challenger=summary.challenger, trunk_steps=summary.trunk_steps,
+            champion_continuity=summary.champion_continuity,
             self_yield=summary.self_yield, champion_groups=summary.champion_groups,
             gate_reasons=summary.gate_reasons)
         self.cycles.append(night)

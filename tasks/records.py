@@ -146,6 +146,22 @@ class Mutation(BaseModel):
     )
 
 
+class Trunk(Record):
+    """A kept trunk: where it is, how many optimizer steps it has behind it in all nights,
+    which cycle wrote it and on which base."""
+
+    folder: Path
+    steps: int
+    cycle_id: str
+    base_model_sha256: str
+    learning_rate: float
+
+    @property
+    def member_id(self) -> str:
+        """The name the genealogy gives it (`trunk-20261208-010203`)."""
+        return f"trunk-{self.cycle_id}"
+
+
 class InitialRecipe(Record):
     """How an initial member is trained: on which skills, from where, for how long."""
 
@@ -344,8 +360,11 @@ class CycleSummary(Record):
     registry_version: str
     gate_reasons: list[str]
     specialist_merge: SpecialistMergeReport | None = None
-    # The champion this cycle's generalist continued ("champion-v3"), None for a cold start.
+    # What this cycle's generalist continued: an earlier night's trunk ("trunk-<cycle id>")
+    # or the champion ("champion-v3"); None for a cold start.
     started_from: str | None = None
+    # Optimizer steps the trunk kept tonight has behind it, across nights (0: no trunk).
+    trunk_steps: int = 0
     resumed: bool
     # How many times this cycle was resumed after a run of it stopped unfinished.
     resumes: int = 0

@@ -27,6 +27,8 @@ from flows.cycle_journal import STATE_FILE, CycleJournal
 from serving.ops_metrics import OperationsCollector
 from tasks.records import CycleSummary, InitialRecipe, Member, Scores
 from tasks.registry.versions import compare_checksums, version_checksums
+from tasks.train.trainer import read_adapter_manifest
+from tasks.train.trunk import TRUNK_DIR, decay_steps_for, read_trunk
 from tests.support.adapters import adapter_distance
 
 SUMMARY_KEYS = {"base", "best_initial", "generations", "champion", "promoted", "wall_s"}
@@ -126,15 +128,23 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
     assert summary.challenger_id in shown.stdout
     # The version carries its GGUF LoRA for the llama.cpp engine, under its checksums.
     assert "evolora.sha256.adapter.gguf" in tags and summary.started_from is None
+    # The generalist kept its trunk (adapter and optimizer state before its decay).
+    generalist1 = journal.members["g0-m0"]
+    trunk1 = read_trunk(journal.folder / TRUNK_DIR)
+    assert trunk1 is not None and trunk1.cycle_id == journal.cycle_id
+    assert trunk1.steps == generalist1.recipe.steps - decay_steps_for(
+        generalist1.recipe.steps, cycle_env.evolution.trunk_decay_fraction)
+    assert summary.trunk_steps == trunk1.steps
 
-    # The next night starts from the champion: its generalist continues v1's adapter,
-    # downloaded and verified, and the specialists continue that generalist.
+    # The next night builds on night 1: the champion (v1, downloaded and verified) makes
+    # the attempts and is the gate's opponent; the generalist continues night 1's trunk
+    # (the same run, before its decay) and the specialists continue that generalist.
     night2 = tmp_path / "night2.json"
     again = CliRunner().invoke(app, ["cycle", "-c", "tiny", "--new", "--summary", str(night2)])
     assert again.exit_code == 0, again.output
     second = CycleSummary.model_validate_json(night2.read_text())
     start = f"champion-v{summary.registry_version}"
-    assert second.started_from == start
+    assert second.started_from == trunk1.member_id
     journal2 = CycleJournal.load(max((cycle_env.paths.data_dir / "cycles").iterdir()))
     assert journal2 is not None and journal2.cycle_id != journal.cycle_id
     assert journal2.warm_start is not None and journal2.warm_start.id == start
@@ -156,10 +166,15 @@ def test_cycle_promotes_a_champion_with_its_genealogy(
         or "below the margin" in " ".join(second.gate_reasons))
     generalist = journal2.members["g0-m0"]
     assert isinstance(generalist.recipe, InitialRecipe)
-    assert generalist.recipe.init_from == start
+    assert journal2.trunk == trunk1 and generalist.recipe.init_from == trunk1.member_id
     assert journal2.members["g0-m1"].recipe.init_from == "g0-m0"
-    # Trained further, not copied: the generalist's weights moved away from v1's.
-    assert adapter_distance(generalist.adapter_dir, journal2.warm_start.adapter_dir) > 0
+    assert read_adapter_manifest(generalist.adapter_dir)["schedule"]["continues_trunk"] == (
+        trunk1.member_id)
+    # Trained further, not copied: the generalist's weights moved away from the trunk's,
+    # and tonight's trunk has both nights' stable steps behind it.
+    assert adapter_distance(generalist.adapter_dir, trunk1.folder) > 0
+    trunk2 = read_trunk(journal2.folder / TRUNK_DIR)
+    assert trunk2 is not None and trunk2.steps == 2 * trunk1.steps == second.trunk_steps
 
 
 @pytest.mark.server

@@ -147,13 +147,20 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def warmup_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
+def warmup_factor(step: int, *, warmup: int, total: int, kind: str, decay: int = 0) -> float:
     """The learning-rate multiplier of optimizer step `step` (0-based).
 
     Warm-up climbs (s + 1) / (warmup + 1), so the first step already learns (transformers'
-    own warm-up starts at 0: step 1 changed nothing); then cosine, linear or constant."""
+    own warm-up starts at 0: step 1 changed nothing); then cosine, linear or constant.
+    `kind="wsd"` (warmup-stable-decay, tasks/train/trunk.py) holds 1 until the last `decay`
+    steps, which fall along a half cosine that never reaches 0."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
+    if kind == "wsd":
+        into_decay = step - (total - decay)
+        if into_decay < 0:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (into_decay + 1) / (decay + 1)))
     progress = (step - warmup) / max(1, total - warmup)
     if kind == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -181,6 +188,7 @@ def lean_trainer_class() -> type:
         """
 
         oom_steps: set[int]  # set per run by train_adapter, shared by its attempts
+        decay_steps: int = 0  # > 0: the warmup-stable-decay schedule (tasks/train/trunk.py)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
@@ -210,8 +218,10 @@ def lean_trainer_class() -> type:
                                self.args.lr_scheduler_type)
                 # "constant" is constant from the first step, as transformers has it.
                 warmup = 0 if kind == "constant" else int(self.args.warmup_steps)
+                decay = getattr(self, "decay_steps", 0)  # a night of the trunk's schedule
                 factor = functools.partial(warmup_factor, warmup=warmup,
-                                           total=num_training_steps, kind=kind)
+                                           total=num_training_steps,
+                                           kind="wsd" if decay else kind, decay=decay)
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                     optimizer or self.optimizer, factor)
                 self._created_lr_scheduler = True

@@ -46,6 +46,7 @@ from tasks.train.recovery import (
     shortest_useful_length,
     write_resume_checkpoint,
 )
+from tasks.train.trunk import TrunkCallback, WsdSchedule
 
 log = get_logger(__name__)
 
@@ -125,6 +126,7 @@ def train_adapter(
     parent_run_id: str | None = None,
     init_adapter: Path | None = None,
     manifest_extra: dict[str, Any] | None = None,
+    wsd: WsdSchedule | None = None,
 ) -> TrainResult:
     """Train a LoRA on `train_rows` (chat examples) and save it as `adapters_dir/name`.
 
@@ -132,7 +134,10 @@ def train_adapter(
     data mix) is merged into the manifest written beside the adapter. Out of GPU memory,
     the run frees the card and goes on with a lighter plan (tasks/train/recovery.py), each
     fallback logged and tagged on the MLflow run; `TrainResult.base_model` says which base
-    the adapter is for (a fallback base, if it came to that).
+    the adapter is for (a fallback base, if it came to that). With `wsd`, the run is one
+    night of the trunk's warmup-stable-decay schedule (tasks/train/trunk.py): it continues
+    `wsd.resume` (pass its folder as `init_adapter`) at the stable rate, keeps the trunk
+    before its decay, and the adapter saved is the decayed one.
     """
     train = settings.train
     seed = train.seed if seed is None else seed
@@ -145,6 +150,9 @@ def train_adapter(
     adapters_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=adapters_dir))
     steps = max_steps or train.max_steps
+    # A trunk continues one run at its own rate; only a decayed adapter's continuation is
+    # scaled down (peak_learning_rate).
+    continuing = init_adapter is not None and not (wsd and wsd.resume)
     run_tags = {STEP_TAG: "train", "evolora.adapter": name, **(tags or {})}
     oom_steps = set(train.fault_oom_steps)  # each fires once, whichever attempt reaches it
     bases_left = list(train.fallback_bases)
@@ -154,8 +162,8 @@ def train_adapter(
             log_resolved_config(settings, {
                 "name": name, "seed": seed, "max_steps": steps, "plan": plan.to_dict(),
                 "continues": str(init_adapter) if init_adapter else None,
-                "peak_learning_rate": peak_learning_rate(train,
-                                                         continuing=init_adapter is not None)})
+                "peak_learning_rate": peak_learning_rate(train, continuing=continuing),
+                "schedule": _schedule_params(wsd, steps)})
             if dataset_hashes and dataset_hashes.get("train"):
                 from tasks.data import log_dataset_to_mlflow
 
@@ -167,7 +175,8 @@ def train_adapter(
             while True:
                 trainer, step_logger, resume_point = _build_trainer(
                     attempt, train, dataset, staging, steps, seed, oom_steps,
-                    init_adapter if attempt.model_path == model_path else None)
+                    init_adapter if attempt.model_path == model_path else None,
+                    continuing=continuing, wsd=wsd)
                 out_of_memory = ""
                 try:
                     # The Trainer prints each log dict on stdout; stdout belongs to the CLI's
@@ -229,6 +238,7 @@ def train_adapter(
                     "tags": tags or {},
                     "mlflow_run_id": run.info.run_id,
                     "init_adapter": str(init_adapter) if init_adapter else None,
+                    "schedule": _schedule_params(wsd, steps),
                     **(manifest_extra or {}),
                 },
             )
@@ -250,8 +260,19 @@ def peak_learning_rate(train: TrainSettings, *, continuing: bool) -> float:
     return train.learning_rate * (train.continue_lr_scale if continuing else 1.0)
 
 
+def _schedule_params(wsd: WsdSchedule | None, steps: int) -> dict[str, Any]:
+    """The schedule as recorded on the run and in the manifest."""
+    if wsd is None:
+        return {"kind": "single"}
+    return {"kind": "wsd", "decay_steps": wsd.decay_steps,
+            "trunk_kept_after_step": wsd.stable_end(steps), "trunk_to": str(wsd.save_to),
+            "continues_trunk": wsd.resume.member_id if wsd.resume else None,
+            "trunk_steps_before": wsd.resume.steps if wsd.resume else 0}
+
+
 def _build_trainer(attempt: Attempt, train: TrainSettings, dataset: Any, staging: Path,
-                   steps: int, seed: int, oom_steps: set[int], init_adapter: Path | None
+                   steps: int, seed: int, oom_steps: set[int], init_adapter: Path | None,
+                   *, continuing: bool, wsd: WsdSchedule | None
                    ) -> tuple[Any, MlflowStepLogger, ResumePoint | None]:
     """The attempt's base in LoRA, in a Trainer set up per its plan, with its callbacks."""
     from trl import SFTConfig
@@ -268,10 +289,11 @@ def _build_trainer(attempt: Attempt, train: TrainSettings, dataset: Any, staging
         per_device_train_batch_size=plan.micro_batch,
         gradient_accumulation_steps=plan.grad_accum,
         gradient_checkpointing=plan.gradient_checkpointing,
-        learning_rate=peak_learning_rate(train, continuing=init_adapter is not None),
+        learning_rate=peak_learning_rate(train, continuing=continuing),
         lr_scheduler_type=train.lr_scheduler,
         # The warm-up never starts at 0 (callbacks.warmup_factor): step 1 already learns.
-        warmup_steps=max(1, steps // 20),
+        # A trunk's continuation is past its warm-up: its optimizer state comes with it.
+        warmup_steps=0 if wsd and wsd.resume else max(1, steps // 20),
         max_steps=steps,
         logging_steps=train.logging_steps,
         save_strategy="no",
@@ -291,9 +313,12 @@ def _build_trainer(attempt: Attempt, train: TrainSettings, dataset: Any, staging
     # A snapshot per step costs ~3x the LoRA's size in copies: only where OOM can happen.
     resume_point = ResumePoint() if plan.device == "cuda" or oom_steps else None
     callbacks = [step_logger, StepProgress(), *([resume_point] if resume_point else [])]
+    if wsd is not None:
+        callbacks.append(TrunkCallback(wsd, wsd.stable_end(steps), sft_config.learning_rate))
     trainer = lean_trainer_class()(model=model, args=sft_config, train_dataset=dataset,
                                    processing_class=tokenizer, callbacks=callbacks)
     trainer.oom_steps = oom_steps
+    trainer.decay_steps = wsd.decay_steps if wsd else 0
     for console_callback in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(console_callback)  # the progress display shows the steps
     return trainer, step_logger, resume_point
