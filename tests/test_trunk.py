@@ -8,6 +8,7 @@ read back from MLflow, Adam's step counts from the optimizer state the trunk kep
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +119,12 @@ def test_a_damaged_trunk_is_not_continued(tiny_settings: Settings, rows: Any,
     record = json.loads((folder / TRUNK_FILE).read_text())
     assert set(record["files"]) == {"adapter_config.json", "adapter_model.safetensors",
                                     OPTIMIZER_FILE}
+    older = tmp_path / "cycles" / "c0" / TRUNK_DIR
+    shutil.copytree(folder, older)
     (folder / OPTIMIZER_FILE).write_bytes(b"torn")
     assert read_trunk(folder) is None
+    # The newest trunk is damaged: the night continues the champion, not an older trunk.
+    assert read_trunk(older) is not None
     assert latest_trunk(tmp_path / "cycles", "c2", "base-a") is None
 
 

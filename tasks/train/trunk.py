@@ -129,16 +129,18 @@ def read_trunk(folder: Path) -> Trunk | None:
 
 
 def latest_trunk(cycles_dir: Path, current_cycle: str, base_sha: str) -> Trunk | None:
-    """The newest usable trunk kept by a cycle before `current_cycle`, trained on the base
-    whose checksum is `base_sha` (a trunk of another base cannot be continued)."""
+    """The newest trunk kept by a cycle before `current_cycle` on the base whose checksum
+    is `base_sha` (a trunk of another base cannot be continued); None when there is none or
+    that one is damaged: the night then continues the champion rather than an older trunk,
+    which would throw away the nights since."""
     if not cycles_dir.is_dir():
         return None
     for folder in sorted(cycles_dir.iterdir(), reverse=True):
-        if folder.name >= current_cycle:
+        record = folder / TRUNK_DIR / TRUNK_FILE
+        if folder.name >= current_cycle or not record.is_file():
             continue
-        trunk = read_trunk(folder / TRUNK_DIR)
-        if trunk is not None and trunk.base_model_sha256 == base_sha:
-            return trunk
+        if json.loads(record.read_text()).get("base_model_sha256") == base_sha:
+            return read_trunk(folder / TRUNK_DIR)
     return None
 
 
