@@ -133,3 +133,27 @@ def test_a_damaged_trunk_is_not_continued(tiny_settings: Settings, rows: Any,
 def test_the_decay_leaves_a_stable_step_for_the_trunk(steps: int, fraction: float,
                                                       expected: int) -> None:
     assert decay_steps_for(steps, fraction) == expected
+
+
+def test_nights_json_records_the_trunk_behind_each_night(tmp_path: Path) -> None:
+    from flows.nights import NightsRecord
+    from tasks.records import CycleSummary
+
+    def night(cycle_id: str, trunk_steps: int) -> CycleSummary:
+        return CycleSummary(
+            cycle_id=cycle_id, base=0.0, base_hard=0.0, best_initial=0.3,
+            best_initial_hard=0.2, best_initial_id="g0-m0", generations=[], challenger=0.36,
+            challenger_hard=0.5, challenger_id="g0-m0", challenger_reason="the fittest",
+            champion=0.36, champion_hard=0.5, champion_version="1", promoted=True,
+            registry_version="1", gate_reasons=[], resumed=False, wall_s=1100.0,
+            wall_s_this_run=1100.0, evolution_gain=0.0, evolution_gain_hard=0.0,
+            started_from=None if trunk_steps == 39 else "trunk-a", trunk_steps=trunk_steps,
+            train_steps=56, test_problems=240)
+
+    path = tmp_path / "mlruns" / "nights.json"
+    record = NightsRecord(path)
+    record.add(night("a", 39), wall_s=1148.0)
+    record.add(night("b", 78), wall_s=1190.0)
+    written = json.loads(path.read_text())["cycles"]
+    assert [(n["cycle_id"], n["trunk_steps"], n["train_steps"]) for n in written] == [
+        ("a", 39, 56), ("b", 78, 56)]
