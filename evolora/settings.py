@@ -266,14 +266,11 @@ class EvolutionSettings(Section):
     warm_start: bool = Field(True, description="Start each cycle's generalist from the "
                              "registry's champion (trained on the same base), so nights "
                              "build on each other; false: every cycle starts from the base.")
-    trunk: bool = Field(True, description="The nights are one training run (warmup-stable-"
-                        "decay, tasks/train/trunk.py): the generalist's state before its "
-                        "decay (adapter and optimizer) is kept, and the next night continues "
-                        "it at the stable rate; false: each night continues the decayed "
-                        "champion on a schedule of its own (at train.continue_lr_scale).")
-    trunk_decay_fraction: float = Field(
-        0.25, gt=0, lt=1, description="Share of the generalist's steps that cool tonight's "
-        "candidate down from the trunk (the decay of warmup-stable-decay).")
+    trunk: bool = Field(True, description="The nights are one training run (tasks/train/"
+                        "trunk.py): the next night continues the generalist's state before "
+                        "its decay; false: it continues the decayed champion.")
+    trunk_decay_fraction: float = Field(0.25, gt=0, lt=1, description="Share of the "
+                                        "generalist's steps that decay into the candidate.")
     use_agents: bool = Field(True, description="AutoGen agents plan each generation; false: "
                              "the genetic-algorithm policy alone.")
     registry_model_name: str = Field(REGISTERED_MODEL_NAME, min_length=1)

@@ -176,7 +176,9 @@ def train_adapter(
                 trainer, step_logger, resume_point = _build_trainer(
                     attempt, train, dataset, staging, steps, seed, oom_steps,
                     init_adapter if attempt.model_path == model_path else None,
-                    continuing=continuing, wsd=wsd)
+                    continuing=continuing,
+                    # A fallback base's adapter is no trunk the next night could continue.
+                    wsd=wsd if attempt.model_path == model_path else None)
                 out_of_memory = ""
                 try:
                     # The Trainer prints each log dict on stdout; stdout belongs to the CLI's
