@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,14 @@ def tiny_settings(
     monkeypatch.setenv("EVOLORA_PATHS__DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("EVOLORA_PATHS__MLRUNS_DIR", str(tmp_path / "mlruns"))
     return load_settings("tiny")
+
+
+@pytest.fixture
+def tiny_train_rows(tiny_settings: Settings) -> Any:
+    """The tiny config's training split (chat rows), generated under tmp_path."""
+    from tasks.data import build_splits
+
+    return build_splits(tiny_settings.data, tiny_settings.paths.data_dir).train
 
 
 @pytest.fixture(autouse=True)

@@ -24,17 +24,7 @@ from tasks.train.trainer import (
     train_adapter,
     verify_adapter_files,
 )
-
-
-def with_train(settings: Settings, **train: Any) -> Settings:
-    return settings.model_copy(update={"train": settings.train.model_copy(update=train)})
-
-
-@pytest.fixture
-def rows(tiny_settings: Settings) -> Any:
-    from tasks.data import build_splits
-
-    return build_splits(tiny_settings.data, tiny_settings.paths.data_dir).train
+from tests.support.training import with_train
 
 
 def history(run_id: str, metric: str) -> list[tuple[int, float]]:
@@ -42,13 +32,13 @@ def history(run_id: str, metric: str) -> list[tuple[int, float]]:
 
 
 def test_out_of_memory_at_step_3_finishes_with_half_the_micro_batch(
-    tiny_settings: Settings, rows: Any
+    tiny_settings: Settings, tiny_train_rows: Any
 ) -> None:
     settings = with_train(tiny_settings, max_steps=4, batch_size=4, logging_steps=1,
                           fault_oom_steps=[3])
     setup_mlflow(settings)
     adapters = settings.paths.data_dir / "adapters"
-    result = train_adapter(settings, settings.model.base, rows, adapters, "oom")
+    result = train_adapter(settings, settings.model.base, tiny_train_rows, adapters, "oom")
 
     assert (result.plan.micro_batch, result.plan.grad_accum) == (2, 2)  # effective batch kept
     assert [(f["step"], f["change"], f["resumed_from_step"]) for f in result.oom_fallbacks] == [
@@ -80,7 +70,7 @@ def test_out_of_memory_at_step_3_finishes_with_half_the_micro_batch(
 
 
 def test_repeated_out_of_memory_walks_the_whole_ladder_to_a_lighter_base(
-    tiny_settings: Settings, rows: Any, tiny_model_dir: Path, tmp_path: Path
+    tiny_settings: Settings, tiny_train_rows: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     lighter = tmp_path / "lighter-base"
     shutil.copytree(tiny_model_dir, lighter)
@@ -88,7 +78,7 @@ def test_repeated_out_of_memory_walks_the_whole_ladder_to_a_lighter_base(
                           max_length=256, oom_min_max_length=64, fallback_bases=[str(lighter)],
                           fault_oom_steps=[2, 3, 4, 5])
     setup_mlflow(settings)
-    result = train_adapter(settings, settings.model.base, rows,
+    result = train_adapter(settings, settings.model.base, tiny_train_rows,
                            settings.paths.data_dir / "adapters", "ladder")
 
     changes = [f["change"] for f in result.oom_fallbacks]
@@ -111,7 +101,7 @@ def test_repeated_out_of_memory_walks_the_whole_ladder_to_a_lighter_base(
 
 
 def test_out_of_memory_with_no_fallback_left_fails_and_leaves_no_adapter(
-    tiny_settings: Settings, rows: Any
+    tiny_settings: Settings, tiny_train_rows: Any
 ) -> None:
     from tasks.train import TrainingOutOfMemory
 
@@ -120,7 +110,7 @@ def test_out_of_memory_with_no_fallback_left_fails_and_leaves_no_adapter(
     setup_mlflow(settings)
     adapters = settings.paths.data_dir / "adapters"
     with pytest.raises(TrainingOutOfMemory, match="lightest plan left"):
-        train_adapter(settings, settings.model.base, rows, adapters, "doomed")
+        train_adapter(settings, settings.model.base, tiny_train_rows, adapters, "doomed")
     assert list(adapters.iterdir()) == []
     runs = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("evolora").experiment_id])
@@ -129,7 +119,7 @@ def test_out_of_memory_with_no_fallback_left_fails_and_leaves_no_adapter(
 
 @pytest.mark.gpu
 def test_a_real_cuda_out_of_memory_is_recovered_within_the_cap(
-    tiny_settings: Settings, rows: Any
+    tiny_settings: Settings, tiny_train_rows: Any
 ) -> None:
     """On a CUDA machine: the allocator capped at 256 MiB, micro-batch 8 of the 49k-vocabulary
     logits (~0.6 GB) runs out of memory for real, and the run finishes on a smaller plan."""
@@ -144,7 +134,7 @@ def test_a_real_cuda_out_of_memory_is_recovered_within_the_cap(
     torch.cuda.set_per_process_memory_fraction(
         cap / torch.cuda.get_device_properties(0).total_memory)
     try:
-        result = train_adapter(settings, settings.model.base, rows,
+        result = train_adapter(settings, settings.model.base, tiny_train_rows,
                                settings.paths.data_dir / "adapters", "cuda-oom")
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
@@ -155,7 +145,7 @@ def test_a_real_cuda_out_of_memory_is_recovered_within_the_cap(
 
 
 def test_a_run_that_continues_an_adapter_peaks_at_the_continuation_rate(
-    tiny_settings: Settings, rows: Any
+    tiny_settings: Settings, tiny_train_rows: Any
 ) -> None:
     # A night's warm start continues the champion: at the full rate it would move as far as
     # the champion's whole training did (and, measured, unlearn skills the champion had).
@@ -163,8 +153,8 @@ def test_a_run_that_continues_an_adapter_peaks_at_the_continuation_rate(
                           continue_lr_scale=0.25)
     setup_mlflow(settings)
     adapters = settings.paths.data_dir / "adapters"
-    fresh = train_adapter(settings, settings.model.base, rows, adapters, "fresh")
-    continued = train_adapter(settings, settings.model.base, rows, adapters, "continued",
+    fresh = train_adapter(settings, settings.model.base, tiny_train_rows, adapters, "fresh")
+    continued = train_adapter(settings, settings.model.base, tiny_train_rows, adapters, "continued",
                               init_adapter=fresh.adapter_dir)
 
     lr = settings.train.learning_rate

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from safetensors.torch import load_file
 
 from evolora.settings import Settings
 from evolora.tracking import setup_mlflow
@@ -30,17 +29,8 @@ from tasks.train.trunk import (
     latest_trunk,
     read_trunk,
 )
-
-
-def with_train(settings: Settings, **train: Any) -> Settings:
-    return settings.model_copy(update={"train": settings.train.model_copy(update=train)})
-
-
-@pytest.fixture
-def rows(tiny_settings: Settings) -> Any:
-    from tasks.data import build_splits
-
-    return build_splits(tiny_settings.data, tiny_settings.paths.data_dir).train
+from tests.support.adapters import adapter_distance
+from tests.support.training import with_train
 
 
 def learning_rates(run_id: str) -> list[float]:
@@ -53,12 +43,7 @@ def adam_steps(trunk_folder: Path) -> set[int]:
     return {int(param["step"]) for param in state.values()}
 
 
-def max_difference(a: Path, b: Path) -> float:
-    left, right = (load_file(folder / "adapter_model.safetensors") for folder in (a, b))
-    return max(float((left[k] - right[k]).abs().max()) for k in left)
-
-
-def test_two_nights_of_the_trunk_are_one_schedule(tiny_settings: Settings, rows: Any,
+def test_two_nights_of_the_trunk_are_one_schedule(tiny_settings: Settings, tiny_train_rows: Any,
                                                   tmp_path: Path) -> None:
     settings = with_train(tiny_settings, max_steps=6, batch_size=2, logging_steps=1,
                           continue_lr_scale=0.25)
@@ -67,7 +52,7 @@ def test_two_nights_of_the_trunk_are_one_schedule(tiny_settings: Settings, rows:
     cycles = tmp_path / "cycles"
     lr = settings.train.learning_rate
 
-    night1 = train_adapter(settings, settings.model.base, rows, adapters, "night1",
+    night1 = train_adapter(settings, settings.model.base, tiny_train_rows, adapters, "night1",
                            wsd=WsdSchedule(decay_steps=2, save_to=cycles / "c1" / TRUNK_DIR,
                                            cycle_id="c1", base_model_sha256="base-a"))
     trunk1 = read_trunk(cycles / "c1" / TRUNK_DIR)
@@ -79,9 +64,9 @@ def test_two_nights_of_the_trunk_are_one_schedule(tiny_settings: Settings, rows:
                                  for s in range(6)])
     assert ran[1:4] == pytest.approx([lr] * 3) and 0 < ran[5] < ran[4] < lr
     # The candidate is the decayed adapter: the decay moved it away from the trunk.
-    assert max_difference(night1.adapter_dir, trunk1.folder) > 0
+    assert adapter_distance(night1.adapter_dir, trunk1.folder) > 0
 
-    night2 = train_adapter(settings, settings.model.base, rows, adapters, "night2",
+    night2 = train_adapter(settings, settings.model.base, tiny_train_rows, adapters, "night2",
                            init_adapter=trunk1.folder,
                            wsd=WsdSchedule(decay_steps=2, save_to=cycles / "c2" / TRUNK_DIR,
                                            cycle_id="c2", base_model_sha256="base-a",
@@ -106,14 +91,15 @@ def test_two_nights_of_the_trunk_are_one_schedule(tiny_settings: Settings, rows:
     assert latest_trunk(cycles, "c3", "base-b") is None
 
 
-def test_a_damaged_trunk_is_not_continued(tiny_settings: Settings, rows: Any,
+def test_a_damaged_trunk_is_not_continued(tiny_settings: Settings, tiny_train_rows: Any,
                                           tmp_path: Path) -> None:
     settings = with_train(tiny_settings, max_steps=3, batch_size=2)
     setup_mlflow(settings)
     folder = tmp_path / "cycles" / "c1" / TRUNK_DIR
-    train_adapter(settings, settings.model.base, rows, settings.paths.data_dir / "adapters",
-                  "night1", wsd=WsdSchedule(decay_steps=1, save_to=folder, cycle_id="c1",
-                                            base_model_sha256="base-a"))
+    train_adapter(settings, settings.model.base, tiny_train_rows,
+                  settings.paths.data_dir / "adapters", "night1",
+                  wsd=WsdSchedule(decay_steps=1, save_to=folder, cycle_id="c1",
+                                  base_model_sha256="base-a"))
     assert read_trunk(folder) is not None
     assert not list(folder.parent.glob(".*staging"))  # written through a staging folder
     record = json.loads((folder / TRUNK_FILE).read_text())
